@@ -1,0 +1,86 @@
+"""Our extension of torchtitan's JobConfig, loaded through ``[job] custom_config_module``.
+
+Every recipe TOML sets::
+
+    [job]
+    custom_config_module = "titan_recipes.config"
+
+so the TOML alone reproduces the run. torchtitan merges the dataclasses below into its own JobConfig
+(``ConfigManager._merge_configs``); each section is a TOML table and a ``--section.key`` CLI flag.
+
+torchtitan rejects unknown TOML keys itself (naming them), but it does not check value types: a TOML
+``steps = "10"`` would flow into the Trainer as a string. :func:`validate_job_config` walks the parsed
+config and raises :class:`ConfigError` naming ``section.key``, the expected type and the value.
+"""
+
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from typeguard import TypeCheckError, check_type
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the key and how to fix it."""
+
+
+@dataclass
+class TextData:
+    """``[text_data]``: the packed plain-text loader (embedded datasets and local .txt/.jsonl files)."""
+
+    shuffle: bool = True
+    """Visit the fixed-length windows of each epoch in a seeded random order (False: file order)."""
+
+    seed: int = 1234
+    """Seed of the window order. Changing it changes data order, and the data fingerprint, so a
+    checkpoint written with another seed refuses to resume."""
+
+    document_separator: str = "\n\n"
+    """How a plain-text file is split into documents (each gets BOS/EOS). Ignored for JSONL, where
+    every line is one document with a ``text`` field."""
+
+
+@dataclass
+class JobConfig:
+    """Sections titan-recipes adds to torchtitan's JobConfig."""
+
+    text_data: TextData = field(default_factory=TextData)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # a merged dataclass can mix modules; fall back to the raw annotations
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def validate_job_config(config: Any, prefix: str = "") -> None:
+    """Raise ConfigError for the first value whose type does not match its field annotation."""
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate_job_config(value, prefix=f"{key}.")
+            continue
+        annotation = hints.get(f.name, f.type)
+        if isinstance(annotation, str):
+            continue
+        # TOML has no int/float distinction for whole numbers written as "1.0" vs "1"; accept ints
+        # where floats are expected, as Python does.
+        if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        try:
+            check_type(value, annotation)
+        except TypeCheckError:
+            raise ConfigError(
+                f"Config key `{key}` has the wrong type: expected {_type_name(annotation)}, got "
+                f"{type(value).__name__} {value!r}. Fix it in the [{key.rsplit('.', 1)[0]}] table of the "
+                f"TOML file or override it with --{key}."
+            ) from None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

@@ -1,0 +1,65 @@
+"""Data loaders. :func:`build_dataloader` picks one from ``training.dataset``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torchtitan.components.dataloader import BaseDataLoader
+from torchtitan.components.tokenizer import BaseTokenizer
+
+from ..config import ConfigError
+from .common import DataError, FingerprintMismatchError, GlobalOrderLoader
+from .text import EMBEDDED_DATASETS, PackedTextLoader, resolve_text_path
+
+DataLoaderBuilder = Callable[..., BaseDataLoader]
+
+
+def build_text_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> PackedTextLoader:
+    training = job_config.training
+    if tokenizer is None:
+        raise ConfigError("The text loader needs a tokenizer; set model.hf_assets_path.")
+    return PackedTextLoader(
+        path=resolve_text_path(training.dataset, training.dataset_path),
+        tokenizer=tokenizer,
+        seq_len=training.seq_len,
+        local_batch_size=training.local_batch_size,
+        dp_rank=dp_rank,
+        dp_world_size=dp_world_size,
+        shuffle=job_config.text_data.shuffle,
+        seed=job_config.text_data.seed,
+        separator=job_config.text_data.document_separator,
+        name=training.dataset,
+    )
+
+
+DATALOADERS: dict[str, DataLoaderBuilder] = {"text": build_text_loader}
+DATALOADERS.update({name: build_text_loader for name in EMBEDDED_DATASETS})
+
+
+def build_dataloader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> BaseDataLoader:
+    """torchtitan's ``build_dataloader_fn`` slot: dispatch on ``training.dataset``.
+
+    Names registered in :data:`DATALOADERS` are ours; names of torchtitan's own HF datasets
+    (``c4``, ``c4_test``, ...) go to torchtitan's ``build_text_dataloader`` unchanged.
+    """
+    name = job_config.training.dataset
+    if name in DATALOADERS:
+        return DATALOADERS[name](dp_world_size, dp_rank, tokenizer, job_config)
+    from torchtitan.hf_datasets.text_datasets import DATASETS, build_text_dataloader
+
+    if name.lower() in DATASETS:
+        return build_text_dataloader(dp_world_size, dp_rank, tokenizer, job_config)
+    raise ConfigError(
+        f"training.dataset = '{name}' is not a known dataset. titan-recipes loaders: {sorted(DATALOADERS)}; "
+        f"torchtitan HF datasets: {sorted(DATASETS)}."
+    )
+
+
+__all__ = [
+    "DATALOADERS",
+    "DataError",
+    "FingerprintMismatchError",
+    "GlobalOrderLoader",
+    "PackedTextLoader",
+    "build_dataloader",
+]

@@ -1,0 +1,166 @@
+"""Packed plain text: the embedded default data of the debug recipe, and any local .txt / .jsonl file.
+
+The file is split into documents, each tokenized with BOS and EOS and concatenated into one token
+stream; sample ``k`` is the window ``tokens[k*L : k*L + L + 1]`` (``L = training.seq_len``; inputs are
+the first ``L`` tokens, labels the last ``L``). Windows follow a seeded per-epoch order
+(``[text_data] shuffle/seed``) through :class:`~titan_recipes.data.common.GlobalOrderLoader`, so the
+state is global and exact. The tail shorter than one window is not used; its size is logged.
+
+Select it with ``training.dataset = "<name>"`` for an embedded dataset (see :data:`EMBEDDED_DATASETS`),
+or ``training.dataset = "text"`` with ``training.dataset_path`` pointing at a file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torchtitan.components.tokenizer import BaseTokenizer
+
+from .common import DataError, GlobalOrderLoader, fingerprint
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    path: str
+    """Path relative to the repository root."""
+    source: str
+    license: str
+
+
+EMBEDDED_DATASETS: dict[str, EmbeddedDataset] = {
+    "tinyshakespeare": EmbeddedDataset(
+        path="assets/data/tinyshakespeare.txt",
+        source="Tiny Shakespeare (1.1 MB of Shakespeare's plays), data/tinyshakespeare/input.txt of "
+        "karpathy/char-rnn",
+        license="public domain (Shakespeare's works); the compilation ships in an MIT-licensed repo",
+    ),
+}
+
+
+def resolve_text_path(dataset: str, dataset_path: str | None) -> Path:
+    """The file to read for ``training.dataset``/``training.dataset_path``, or a clear error."""
+    if dataset_path:
+        path = Path(dataset_path)
+        setting = "training.dataset_path"
+    elif dataset in EMBEDDED_DATASETS:
+        path = REPO_ROOT / EMBEDDED_DATASETS[dataset].path
+        setting = f"the embedded dataset '{dataset}'"
+    else:
+        raise DataError(
+            f"training.dataset = '{dataset}' names no embedded dataset "
+            f"({sorted(EMBEDDED_DATASETS)}) and training.dataset_path is not set. Set "
+            f"training.dataset_path to a .txt/.jsonl file (with training.dataset = 'text')."
+        )
+    if not path.is_file():
+        raise DataError(
+            f"Dataset file not found: {path} (from {setting}). Check training.dataset_path, or run "
+            f"from the repository root so that relative paths resolve."
+        )
+    return path
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_documents(path: Path, separator: str) -> list[str]:
+    """Documents of a .txt (split on ``separator``) or .jsonl (``text`` field per line) file."""
+    name = path.name.removesuffix(".gz")
+    with _open_text(path) as f:
+        if name.endswith(".jsonl"):
+            docs = []
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    docs.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise DataError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
+        else:
+            docs = [d for d in f.read().split(separator) if d.strip()]
+    if not docs:
+        raise DataError(f"{path} contains no documents.")
+    return docs
+
+
+class PackedTextLoader(GlobalOrderLoader):
+    """Fixed-length windows over the tokenized documents of one text file."""
+
+    state_key = "packed_text"
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        tokenizer: BaseTokenizer,
+        seq_len: int,
+        local_batch_size: int,
+        dp_rank: int,
+        dp_world_size: int,
+        shuffle: bool = True,
+        seed: int = 1234,
+        separator: str = "\n\n",
+        name: str | None = None,
+    ):
+        super().__init__(
+            name=name or path.name,
+            local_batch_size=local_batch_size,
+            dp_rank=dp_rank,
+            dp_world_size=dp_world_size,
+        )
+        docs = read_documents(path, separator)
+        ids: list[int] = []
+        for doc in docs:
+            ids.extend(tokenizer.encode(doc, add_bos=True, add_eos=True))
+        self.tokens = np.asarray(ids, dtype=np.int32)
+        self.seq_len = seq_len
+        self.shuffle = shuffle
+        self.seed = seed
+        self._num_samples = (len(self.tokens) - 1) // seq_len
+        if self._num_samples < 1:
+            raise DataError(
+                f"{path}: {len(self.tokens)} tokens are fewer than one sample of seq_len + 1 = "
+                f"{seq_len + 1}. Use more text or a smaller training.seq_len."
+            )
+        self._fingerprint = fingerprint(
+            tokens=hashlib.sha256(self.tokens.tobytes()).hexdigest(),
+            seq_len=seq_len,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        unused = len(self.tokens) - self._num_samples * seq_len - 1
+        logger.info(
+            "Dataset %s: %d documents, %d tokens -> %d samples of %d tokens per epoch "
+            "(%d tail tokens unused), shuffle=%s seed=%d, fingerprint %s",
+            self.name, len(docs), len(self.tokens), self._num_samples, seq_len, unused, shuffle, seed,
+            self._fingerprint,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    @property
+    def data_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self._num_samples)
+        return np.random.default_rng([self.seed, epoch]).permutation(self._num_samples)
+
+    def sample(self, index: int) -> np.ndarray:
+        start = index * self.seq_len
+        return self.tokens[start : start + self.seq_len + 1]
