@@ -43,10 +43,37 @@ class TextData:
 
 
 @dataclass
+class Launch:
+    """``[launch]``: what this launch does within a run; a run may span several launches."""
+
+    stop_at_step: int = -1
+    """Stop after this step, right after its regular checkpoint, even if ``training.steps`` is larger
+    (-1: train to ``training.steps``). The LR schedule still follows ``training.steps``, so launching
+    again in the same run directory continues the same run exactly. Must be a multiple of
+    ``checkpoint.interval`` with checkpointing enabled, so that the stop point is always saved. For
+    chunked Slurm jobs and for resume tests."""
+
+
+@dataclass
 class JobConfig:
     """Sections titan-recipes adds to torchtitan's JobConfig."""
 
     text_data: TextData = field(default_factory=TextData)
+    launch: Launch = field(default_factory=Launch)
+
+
+def validate_launch(config: Any) -> None:
+    stop = config.launch.stop_at_step
+    if stop == -1:
+        return
+    if stop <= 0:
+        raise ConfigError(f"launch.stop_at_step must be -1 (off) or a positive step, got {stop}.")
+    if not config.checkpoint.enable or stop % config.checkpoint.interval:
+        raise ConfigError(
+            f"launch.stop_at_step = {stop} needs checkpoint.enable = true and a multiple of "
+            f"checkpoint.interval (= {config.checkpoint.interval}, enable = {config.checkpoint.enable}); "
+            f"otherwise the launch would stop without saving its last steps."
+        )
 
 
 def _hints(cls: type) -> dict[str, Any]:

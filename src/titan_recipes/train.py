@@ -8,7 +8,11 @@ GPU nothing is patched. Launch it through torchrun (``recipes/<name>/run_train.s
 
 from __future__ import annotations
 
+import logging
+
 from . import cpu
+
+logger = logging.getLogger(__name__)
 
 
 def _prepare() -> None:
@@ -22,7 +26,7 @@ def trainer_class():
     _prepare()
     from torchtitan.train import Trainer
 
-    from .config import validate_job_config
+    from .config import ConfigError, validate_job_config, validate_launch
     from .records import write_run_record
     from .specs import register_recipe_specs
 
@@ -33,6 +37,7 @@ def trainer_class():
 
         def __init__(self, job_config):
             validate_job_config(job_config)
+            validate_launch(job_config)
             write_run_record(job_config)
             super().__init__(job_config)
             self._check_vocab()
@@ -42,13 +47,18 @@ def trainer_class():
             if self.tokenizer is not None and vocab is not None:
                 n = self.tokenizer.get_vocab_size()
                 if n > vocab:
-                    from .config import ConfigError
-
                     raise ConfigError(
                         f"The tokenizer at model.hf_assets_path has {n} tokens but model flavor "
                         f"'{self.job_config.model.flavor}' has vocab_size {vocab}: token ids would index "
                         f"past the embedding. Use a tokenizer with at most {vocab} tokens or another flavor."
                     )
+
+        def should_continue_training(self) -> bool:
+            stop = self.job_config.launch.stop_at_step
+            if stop > 0 and self.step >= stop:
+                logger.info("launch.stop_at_step = %d reached; checkpoint saved, exiting this launch.", stop)
+                return False
+            return super().should_continue_training()
 
     return RecipeTrainer
 

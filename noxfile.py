@@ -1,0 +1,102 @@
+"""nox sessions for titan-recipes. All sessions share one pinned environment in ``.venv``.
+
+    nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1.5 min)
+    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~8 min)
+    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~3 min)
+    nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (~2.5 min)
+
+Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~1.5 min
+(``pip install --no-deps -r env/cpu.lock``). The environment is rebuilt only when env/cpu.lock or
+pyproject.toml change (a hash is kept in .venv). Sessions run with venv_backend="none" and call the
+.venv interpreter, because nox would otherwise build one multi-GB environment per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+LOCK = ROOT / "env" / "cpu.lock"
+STAMP = VENV / ".titan-recipes-env.sha256"
+PY = VENV / "bin" / "python"
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+
+def _env_hash() -> str:
+    h = hashlib.sha256()
+    for path in (LOCK, ROOT / "pyproject.toml"):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def pinned_env(session: nox.Session) -> str:
+    """Create or update .venv from env/cpu.lock; return its python."""
+    wanted = _env_hash()
+    if PY.exists() and STAMP.exists() and STAMP.read_text().strip() == wanted:
+        return str(PY)
+    if not PY.exists():
+        session.log(f"creating {VENV} with {sys.executable}")
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+    session.log("installing the pinned CPU environment (env/cpu.lock), ~1.5 min the first time")
+    session.run(str(PY), "-m", "pip", "install", "--no-deps", "-r", str(LOCK), external=True)
+    session.run(str(PY), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT), external=True)
+    STAMP.write_text(wanted + "\n")
+    return str(PY)
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    py = pinned_env(session)
+    session.run(py, "-m", "pytest", *args, *session.posargs, external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite: unit tests and real CPU training runs."""
+    _pytest(session)
+
+
+@nox.session
+def tests_fast(session: nox.Session) -> None:
+    """Unit tests and fast integration tests (-m 'not slow')."""
+    _pytest(session, "-m", "not slow")
+
+
+@nox.session
+def debug(session: nox.Session) -> None:
+    """Train the debug recipe on the embedded Tiny Shakespeare corpus and check its loss curve."""
+    py = pinned_env(session)
+    run_dir = ROOT / "runs" / f"debug-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = {"NGPU": os.environ.get("NGPU", "1"), "RUN_DIR": str(run_dir), "PYTHON": py}
+    session.run(str(ROOT / "recipes" / "debug" / "run_train.sh"), *session.posargs, env=env, external=True)
+    if not session.posargs:
+        session.run(py, "-m", "titan_recipes.cli", "fixtures", "check", "recipes/debug", str(run_dir), external=True)
+    session.log(f"run directory: {run_dir.relative_to(ROOT)}")
+
+
+@nox.session
+def smoke(session: nox.Session) -> None:
+    """Train every recipe with each CPU fixture entry of this torch version and compare."""
+    py = pinned_env(session)
+    script = (
+        "import sys, torch, json, pathlib\n"
+        "v = torch.__version__.split('+')[0]\n"
+        "for f in sorted(pathlib.Path('recipes').glob('*/expected_loss.json')):\n"
+        "    for key, e in json.loads(f.read_text())['entries'].items():\n"
+        "        if key.startswith(f'cpu-torch{v}-'):\n"
+        "            print(f.parent, e['nproc'])\n"
+    )
+    plan = session.run(py, "-c", script, external=True, silent=True).split("\n")
+    plan = [line.split() for line in plan if line.strip()]
+    if not plan:
+        session.error("no CPU fixture entries for this torch version: nothing to smoke-test")
+    for recipe, nproc in plan:
+        session.run(py, "-m", "titan_recipes.cli", "fixtures", "verify", recipe, "--nproc", nproc, external=True)
