@@ -100,6 +100,8 @@ def validate_job_config(config: Any, prefix: str = "") -> None:
         if annotation is float and isinstance(value, int) and not isinstance(value, bool):
             continue
         try:
+            if isinstance(value, bool) and annotation in (int, float):
+                raise TypeCheckError("bool is not a number here")
             check_type(value, annotation)
         except TypeCheckError:
             raise ConfigError(

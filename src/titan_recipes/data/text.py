@@ -77,6 +77,8 @@ def _open_text(path: Path):
 
 def read_documents(path: Path, separator: str) -> list[str]:
     """Documents of a .txt (split on ``separator``) or .jsonl (``text`` field per line) file."""
+    if not path.is_file():
+        raise DataError(f"Dataset file not found: {path}")
     name = path.name.removesuffix(".gz")
     with _open_text(path) as f:
         if name.endswith(".jsonl"):
@@ -85,9 +87,12 @@ def read_documents(path: Path, separator: str) -> list[str]:
                 if not line.strip():
                     continue
                 try:
-                    docs.append(json.loads(line)["text"])
+                    text = json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise DataError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
+                if not isinstance(text, str):
+                    raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
+                docs.append(text)
         else:
             docs = [d for d in f.read().split(separator) if d.strip()]
     if not docs:
