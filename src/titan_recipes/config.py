@@ -55,11 +55,64 @@ class Launch:
 
 
 @dataclass
+class MosaicDataset:
+    """``[mosaic_dataloader.dataset]``: what the MDS loader (``training.dataset = "mds"``) reads, and in
+    which order. Settings keep mosaicml-streaming's ``StreamingDataset`` names and defaults."""
+
+    local: str = ""
+    """Directory of one MDS dataset (with ``index.json``), e.g. written by scripts/mds_convert.py.
+    Set either this or ``streams``; "" means unset."""
+
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """A mixture of MDS datasets, one TOML table per stream: ``[mosaic_dataloader.dataset.streams.<name>]``
+    with ``local`` (directory) and at most one of ``proportion`` (relative share of each epoch; all
+    streams then need one), ``repeat`` (multiplier on the stream's samples) or ``choose`` (samples
+    per epoch). No weight: every sample once per epoch. Streams are mixed IID within the epoch, and
+    an epoch has exactly the weighted count from each stream (streaming's ``Stream`` semantics).
+    ``remote`` is not supported yet. Changing streams or weights changes the data fingerprint.
+    TOML only: torchtitan's CLI parser (tyro) offers no ``--mosaic_dataloader.dataset.streams`` flag."""
+
+    shuffle: bool = True
+    """Shuffle each epoch (False: streams and shards in index order, with resampling still applied)."""
+
+    shuffle_seed: int = 9176
+    """Seed of stream resampling and shuffling (streaming's default). Changing it changes the data
+    order and the fingerprint, so a checkpoint written with another seed refuses to resume."""
+
+    shuffle_algo: str = "py1e"
+    """streaming's shuffle algorithm (py1e, py1br, py1s, py2s, naive), applied with one canonical node
+    to the global order. Part of the fingerprint."""
+
+    shuffle_block_size: int = 262144
+    """Shuffle block size in samples (streaming's default 1 << 18): larger mixes across more shards.
+    Part of the fingerprint."""
+
+    predownload: int = -1
+    """Samples to prepare ahead of reading. Only -1 (off) is accepted until remote streams exist:
+    local shards are read on demand; other values raise ConfigError."""
+
+
+@dataclass
+class MosaicDataloader:
+    """``[mosaic_dataloader]``: the Mosaic streaming (MDS) loader, used when ``training.dataset = "mds"``.
+    Partitioned by torchtitan's data-parallel rank; its checkpoint state is global, so a resume with
+    another DP degree continues the same sample order."""
+
+    num_workers: int = 0
+    """Loader worker processes per rank. Only 0 (read in the training process) is supported yet;
+    other values raise ConfigError."""
+
+    dataset: MosaicDataset = field(default_factory=MosaicDataset)
+    """The data and its order: ``[mosaic_dataloader.dataset]``."""
+
+
+@dataclass
 class JobConfig:
     """Sections titan-recipes adds to torchtitan's JobConfig."""
 
     text_data: TextData = field(default_factory=TextData)
     launch: Launch = field(default_factory=Launch)
+    mosaic_dataloader: MosaicDataloader = field(default_factory=MosaicDataloader)
 
 
 def validate_launch(config: Any) -> None:

@@ -9,6 +9,7 @@ from torchtitan.components.tokenizer import BaseTokenizer
 
 from ..config import ConfigError
 from .common import DataError, FingerprintMismatchError, GlobalOrderLoader
+from .mds import build_mds_loader
 from .text import EMBEDDED_DATASETS, PackedTextLoader, resolve_text_path
 
 DataLoaderBuilder = Callable[..., BaseDataLoader]
@@ -32,7 +33,7 @@ def build_text_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer
     )
 
 
-DATALOADERS: dict[str, DataLoaderBuilder] = {"text": build_text_loader}
+DATALOADERS: dict[str, DataLoaderBuilder] = {"text": build_text_loader, "mds": build_mds_loader}
 DATALOADERS.update({name: build_text_loader for name in EMBEDDED_DATASETS})
 
 
