@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", type=Path, help="JSONL files (.jsonl or .jsonl.gz), in packing order")
     parser.add_argument("--tokenizer", required=True, help="HF tokenizer directory (tokenizer.json + tokenizer_config.json)")
     parser.add_argument("--seq-len", type=int, required=True, help="training.seq_len the data is for; samples hold seq_len + 1 tokens")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (local; must be empty unless --overwrite)")
+    parser.add_argument("--out", type=str, required=True, help="output directory: local (must be empty unless --overwrite) or remote, e.g. s3://bucket/prefix (endpoint from S3_ENDPOINT_URL)")
     parser.add_argument("--compression", default=None, help="shard compression: none (default), zstd or zstd:<level>")
     parser.add_argument("--size-limit", default="64mb", help="uncompressed bytes per shard, e.g. 64mb (default) or 1048576")
     parser.add_argument("--overwrite", action="store_true", help="delete the contents of --out first")

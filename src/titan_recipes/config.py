@@ -69,8 +69,20 @@ class MosaicDataset:
     streams then need one), ``repeat`` (multiplier on the stream's samples) or ``choose`` (samples
     per epoch). No weight: every sample once per epoch. Streams are mixed IID within the epoch, and
     an epoch has exactly the weighted count from each stream (streaming's ``Stream`` semantics).
-    ``remote`` is not supported yet. Changing streams or weights changes the data fingerprint.
+    ``remote`` (e.g. ``"s3://bucket/prefix"``, endpoint from the ``S3_ENDPOINT_URL`` environment
+    variable) makes ``local`` a download cache: index.json when the loader is built, shards on first
+    use, hash-checked. Changing streams or weights changes the data fingerprint (paths do not).
     TOML only: torchtitan's CLI parser (tyro) offers no ``--mosaic_dataloader.dataset.streams`` flag."""
+
+    non_iid_streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Non-IID data per data-parallel rank: ``[mosaic_dataloader.dataset.non_iid_streams.dp_rank_<N>.<stream>]``
+    (or ``.default.<stream>`` for ranks without their own entry) lists the base ``streams`` that rank
+    reads, optionally overriding ``proportion``/``repeat``/``choose`` (``local``/``remote`` are
+    inherited). A rank with no entry and no ``default`` reads all base streams with their weights.
+    Each stream's samples are split into contiguous, disjoint blocks among the ranks that read it,
+    and each rank draws its own epochs from its blocks with streaming's weighting and a rank seed
+    derived from ``shuffle_seed``; see titan_recipes.data.mds. Empty (default): IID, one global order.
+    A checkpoint resumes only with the same DP degree. TOML only."""
 
     shuffle: bool = True
     """Shuffle each epoch (False: streams and shards in index order, with resampling still applied)."""
@@ -88,8 +100,8 @@ class MosaicDataset:
     Part of the fingerprint."""
 
     predownload: int = -1
-    """Samples to prepare ahead of reading. Only -1 (off) is accepted until remote streams exist:
-    local shards are read on demand; other values raise ConfigError."""
+    """Samples to prepare ahead of reading. Only -1 (off) is accepted: shards are read (and remote
+    ones downloaded) on demand; other values raise ConfigError."""
 
 
 @dataclass
@@ -105,14 +117,89 @@ class MosaicDataloader:
     dataset: MosaicDataset = field(default_factory=MosaicDataset)
     """The data and its order: ``[mosaic_dataloader.dataset]``."""
 
+    validation_streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Validation data, used when ``validation.dataset = "mds"``: one table per stream,
+    ``[mosaic_dataloader.validation_streams.<name>]`` with ``local`` and optionally ``remote`` (as in
+    ``dataset.streams``; no weights). Read once per validation run, every sample once in config and
+    index order, unshuffled, cut by DP rank, with ``validation.seq_len`` (must match the conversion)
+    and ``validation.local_batch_size``. TOML only."""
+
+
+@dataclass
+class BlendCorpus:
+    """``[blendcorpus]``: the weighted Megatron-shard blend, used when ``training.dataset = "blendcorpus"``
+    (titan_recipes/data/blend.py). Keys keep the BlendCorpus seed's names; each is honoured or rejected
+    with ConfigError, never ignored."""
+
+    data_file_list: str = ""
+    """File list ("<weight> <path-prefix> <corpus>" per line, from scripts/blendcorpus.py file-list).
+    "" means use ``training.dataset_path``; if both are set they must name the same file."""
+
+    seq_length: int = 0
+    """Tokens per sample. 0: use ``training.seq_len``; any other value must equal it (ConfigError
+    otherwise: the loader cannot serve a different length than the model trains on)."""
+
+    micro_batch_size: int = 0
+    """Samples per rank per step. 0: use ``training.local_batch_size``; any other value must equal it."""
+
+    num_workers: int = 0
+    """Loader worker processes per rank. Only 0 (read in the training process) is supported yet."""
+
+    split: str = "98,1,1"
+    """Train/valid/test shares of each shard's documents (contiguous ranges, Megatron's rounding). The
+    training loader reads the train part. Part of the data fingerprint."""
+
+    dataloader_type: str = "single"
+    """Megatron's sampler: only "single" (sequential over the global blend order) is supported."""
+
+    shuffle_sample_in_corpus: bool = True
+    """Visit each shard's samples and each corpus's draws in a seeded permutation (False: in order)."""
+
+    blend_sample_in_corpus: bool = True
+    """Interleave a corpus's shards by weight (greedy); False reads them one after the other in
+    file-list order, with the same per-shard counts."""
+
+    append_eod: bool = False
+    """Append ``eod_token_id`` after every document when packing samples. Leave False for shards from
+    scripts/blendcorpus.py tokenize, which already end each document with EOD. True needs
+    ``eod_token_id >= 0``."""
+
+    provide_attention_mask: bool = False
+    """Only False is supported: torchtitan passes extra input keys to the model forward (llama3
+    rejects them); use the model's document-masked attention."""
+
+    eod_token_id: int = -1
+    """Token id appended when ``append_eod`` is True (-1: none)."""
+
+    data_cache_path: str = ""
+    """Directory of the blend index caches (``<hash>-blend.npy`` + ``<hash>-description.json``).
+    "": ``blendcorpus_cache/`` beside the file list."""
+
+    seed: int = 1234
+    """Seed of the in-corpus shuffles. Changing it changes the data order and the fingerprint."""
+
+
+@dataclass
+class Model:
+    """Keys titan-recipes adds to torchtitan's ``[model]`` table (merged with torchtitan's fields)."""
+
+    tokenizer_backend: str = "sptoken"
+    """Which tokenizer ``model.hf_assets_path`` holds: ``sptoken``/``sentencepiece``/``sp``/``spm`` (the
+    default, as in the BlendCorpus seed: a SentencePiece ``.model`` file or a directory with
+    ``tokenizer.model``) or ``hf``/``huggingface`` (a directory with ``tokenizer.json``, torchtitan's
+    format). ``tiktoken`` and unknown names are errors that list the valid values."""
+
 
 @dataclass
 class JobConfig:
     """Sections titan-recipes adds to torchtitan's JobConfig."""
 
+    model: Model = field(default_factory=Model)
+
     text_data: TextData = field(default_factory=TextData)
     launch: Launch = field(default_factory=Launch)
     mosaic_dataloader: MosaicDataloader = field(default_factory=MosaicDataloader)
+    blendcorpus: BlendCorpus = field(default_factory=BlendCorpus)
 
 
 def validate_launch(config: Any) -> None:

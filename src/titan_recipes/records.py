@@ -121,11 +121,12 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag: str
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl``; a resumed run appends, so a later row for a step wins."""
+    """One merged row per step of a ``metrics.jsonl``. Training and validation log separate rows for
+    the same step, so rows are merged; a resumed run re-logs steps, so later values win."""
     by_step: dict[int, dict[str, Any]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                by_step[int(row["step"])] = row
+                by_step.setdefault(int(row["step"]), {}).update(row)
     return [by_step[s] for s in sorted(by_step)]

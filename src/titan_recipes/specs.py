@@ -13,10 +13,12 @@ import functools
 import logging
 
 import torch.distributed as dist
+from torchtitan.components.validate import BaseValidator, Validator
 from torchtitan.protocols.train_spec import TrainSpec, get_train_spec, register_train_spec
 
 from .cpu import force_sum_reduction_for_gloo
 from .data import build_dataloader
+from .data.mds import build_mds_validation_loader
 from .records import build_metrics_processor
 from .tokenizer import build_tokenizer
 
@@ -39,6 +41,41 @@ def _gloo_safe(parallelize_fn):
     return parallelize
 
 
+VALIDATION_LOADERS = {"mds": build_mds_validation_loader}
+"""``validation.dataset`` names served by our loaders; any other name goes to torchtitan's HF path."""
+
+
+class RecipeValidator(Validator):
+    """torchtitan's Validator, with the validation loader taken from :data:`VALIDATION_LOADERS`.
+
+    ``Validator.__init__`` always builds torchtitan's HF validation loader, so for our datasets the
+    attributes it sets are set here instead (the validate() loop itself is torchtitan's). The loaders
+    restart at sample 0 on every ``iter()``, which is how validate() uses them.
+    """
+
+    _FORWARDED = (
+        "parallel_dims", "loss_fn", "validation_context", "maybe_enable_amp", "metrics_processor",
+        "pp_schedule", "pp_has_first_stage", "pp_has_last_stage",
+    )
+
+    def __init__(self, job_config, dp_world_size: int, dp_rank: int, tokenizer, **kwargs):
+        builder = VALIDATION_LOADERS.get(job_config.validation.dataset)
+        if builder is None:
+            super().__init__(job_config=job_config, dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=tokenizer, **kwargs)
+            return
+        BaseValidator.__init__(self, job_config)
+        self.tokenizer = tokenizer
+        for name in self._FORWARDED:
+            setattr(self, name, kwargs.get(name))
+        self.validation_dataloader = builder(dp_world_size, dp_rank, tokenizer, job_config)
+
+
+def build_validator(**kwargs) -> RecipeValidator:
+    if kwargs.get("metrics_processor") is None:
+        raise ValueError("the validator needs the trainer's metrics_processor")
+    return RecipeValidator(**kwargs)
+
+
 def with_recipe_components(base: TrainSpec) -> TrainSpec:
     return dataclasses.replace(
         base,
@@ -46,6 +83,7 @@ def with_recipe_components(base: TrainSpec) -> TrainSpec:
         build_dataloader_fn=build_dataloader,
         build_tokenizer_fn=build_tokenizer,
         build_metrics_processor_fn=build_metrics_processor,
+        build_validator_fn=build_validator,
     )
 
 

@@ -58,13 +58,53 @@ Checkpoint state (identical on every rank)::
 ``index.json`` (which has per-shard content hashes when written here), the stream weights and every
 order setting. It does not cover paths or stream names, so data can move.
 
-Not in this slice: remote/S3 streams (TODO(mds-remote): download + cache eviction), ``non_iid_streams``
-per DP rank, a validation loader, ``num_workers > 0``, read-speed benchmark. Those settings raise
-ConfigError instead of being ignored.
+**Remote streams.** A stream with ``remote = "s3://bucket/prefix"`` uses ``local`` as its cache
+(endpoint from ``S3_ENDPOINT_URL``, credentials as boto3 finds them; any scheme streaming's
+``CloudDownloader`` knows works the same way, only S3 is tested). The loader downloads
+``index.json`` (and ``conversion.json``, if there) when it is built, and each shard on demand, the
+first time a rank reads one of its samples, with streaming's own ``Stream`` download code. Shards
+are checked against their ``xxh64`` hash from ``index.json`` when it lists one for every shard. Each
+file appears under its final name only when complete (boto3 and streaming write a temporary file and
+rename it), and one file lock per ``local`` directory serialises downloads and decompression, so
+ranks on one node can share ``local``. A cached ``index.json`` is trusted: point a new dataset at a
+fresh ``local``. Nothing is evicted (no cache limit): ``local`` needs room for the whole stream.
+Failures (unreachable endpoint, missing bucket/object, hash mismatch) raise DataError naming the
+``remote`` setting and the endpoint. :func:`write_mds` writes to a remote ``out`` through
+``MDSWriter``'s upload support.
+
+**Non-IID streams per DP rank.** ``[mosaic_dataloader.dataset.non_iid_streams.dp_rank_<N>.<stream>]``
+(or ``.default.<stream>``, for every rank without its own entry) replaces the one global order by one
+order per data-parallel rank. Semantics, exactly:
+
+* Rank ``r`` reads the streams listed in its entry (``dp_rank_r``, else ``default``; with neither, all
+  base streams with their base weights). A listed stream inherits ``local``/``remote`` and, if the
+  entry gives no weight, its weight from ``streams.<stream>``; a given ``proportion``/``repeat``/
+  ``choose`` replaces the base weight.
+* Disjointness: the samples of stream ``s`` (its sample ids, in index order) are cut into contiguous
+  blocks of near-equal size, one per rank that reads ``s``, in rank order. A rank only ever reads its
+  own blocks, so two ranks never read the same sample. Ranks that should overlap must say so in the
+  config: list the same directory as two base streams.
+* Rank ``r``'s epoch is streaming's algorithm applied to its blocks: ``Stream.apply_weights`` over the
+  block sizes (so a proportion is a share of that rank's epoch, exact per epoch), ``get_sampling``
+  over the shards clipped to the blocks, ``get_shuffle``, all with the rank seed
+  ``sha256("<shuffle_seed>:dp_rank_<r>")`` (31 bits). Epoch sizes may differ between ranks; each rank
+  wraps into its next epoch on its own.
+* State: every rank has read ``consumed_samples / dp_world_size`` samples of its own order, so the
+  state stays identical on every rank (plus every rank's epoch size and the DP degree) and resume is
+  exact. The fingerprint covers every rank's plan. A resume with another DP degree is refused
+  (DataError): it cannot keep each rank's plan.
+
+**Validation.** ``validation.dataset = "mds"`` reads ``[mosaic_dataloader.validation_streams.<name>]``
+(``local``, optional ``remote``) once per validation run, unshuffled, cut by DP rank
+(:func:`build_mds_validation_loader`, :class:`MDSValidationLoader`).
+
+Not in this slice: ``num_workers > 0``,
+``predownload``, read-speed benchmark. Those settings raise ConfigError instead of being ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.machinery
@@ -72,7 +112,10 @@ import importlib.util
 import json
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +187,7 @@ def import_streaming() -> types.SimpleNamespace:
     from streaming.base.sampling import get_sampling
     from streaming.base.shuffle import get_shuffle
     from streaming.base.spanner import Spanner
+    from streaming.base.storage.upload import CloudUploader
     from streaming.base.stream import Stream
     from streaming.base.util import bytes_to_int
     from streaming.base.world import World
@@ -157,7 +201,19 @@ def import_streaming() -> types.SimpleNamespace:
     return types.SimpleNamespace(
         version=__version__, Stream=Stream, MDSWriter=MDSWriter, Spanner=Spanner, World=World,
         get_sampling=get_sampling, get_shuffle=get_shuffle, bytes_to_int=bytes_to_int,
-        decompress=decompress,
+        decompress=decompress, CloudUploader=CloudUploader,
+    )
+
+
+def _remote_error(action: str, remote: str, error: BaseException, setting: str | None = None) -> str:
+    """One message for every failed remote operation: what, where (remote + endpoint), why, what to check."""
+    endpoint = os.environ.get("S3_ENDPOINT_URL")
+    where = f"{setting} = '{remote}'" if setting else remote
+    return (
+        f"Cannot {action} {where} (S3_ENDPOINT_URL = {endpoint!r}"
+        f"{'' if endpoint else ', i.e. the AWS default'}): {type(error).__name__}: {error}. Check that the "
+        f"endpoint is reachable, the bucket and prefix exist, and credentials are set (AWS_ACCESS_KEY_ID/"
+        f"AWS_SECRET_ACCESS_KEY or an AWS profile)."
     )
 
 
@@ -234,19 +290,21 @@ def write_mds(
     size_limit: int | str = "64mb",
     overwrite: bool = False,
     progress: bool = True,
+    local_cache: str | Path | None = None,
 ) -> MdsWriteSummary:
     """Tokenize JSONL documents and write packed samples of ``seq_len + 1`` tokens as MDS into ``out``.
 
     Documents get BOS and EOS and are packed across files in the order given; sample ``k`` is
     ``tokens[k*seq_len : k*seq_len + seq_len + 1]``. ``compression`` is None or ``"zstd"`` (or
     ``"zstd:<level>"``; any streaming compression works). ``size_limit`` is the uncompressed shard
-    size (bytes or ``"64mb"``). ``out`` must be a local directory, empty or absent unless ``overwrite``.
+    size (bytes or ``"64mb"``). ``out`` is a local directory, empty or absent unless ``overwrite``,
+    or a remote directory such as ``"s3://bucket/prefix"`` (endpoint from ``S3_ENDPOINT_URL``,
+    credentials as boto3 finds them). A remote ``out`` is written by streaming's ``MDSWriter`` with
+    ``out=(local_cache, remote)``: shards are staged in ``local_cache`` (a fresh temporary directory
+    when None, removed afterwards; kept when given) and uploaded as they are closed, ``index.json``
+    after the last shard, then ``conversion.json``. A remote that already holds an ``index.json`` is
+    refused unless ``overwrite``.
     """
-    from tqdm import tqdm
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
-
-    from ..tokenizer import check_hf_assets_path
-
     st = import_streaming()
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -256,11 +314,42 @@ def write_mds(
     for path in inputs:
         if not path.is_file():
             raise DataError(f"Input file not found: {path}")
+    if isinstance(out, Path) and str(out).split("/")[0].endswith(":"):
+        raise ValueError(f"out = Path('{out}') looks like a URL that Path collapsed; pass remote directories as str.")
+    remote = str(out) if "://" in str(out) else None
+    staging = None
+    if remote is not None:
+        remote = remote.rstrip("/")
+        staging = tempfile.mkdtemp(prefix="mds_upload_") if local_cache is None else None
+        out = Path(staging or local_cache)
+        _check_remote_out(st, out, remote, overwrite)
     out = Path(out)
-    if "://" in str(out):
-        raise ValueError(f"out must be a local directory in this version (TODO(mds-remote)), got {out}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"Output directory {out} exists and is not empty; pass overwrite=True (--overwrite).")
+    try:
+        return _write_mds(st, inputs, tokenizer_dir, seq_len, out, remote, compression, size_limit, overwrite, progress)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_remote_out(st, local: Path, remote: str, overwrite: bool) -> None:
+    """Refuse an unreachable remote, or one that already holds a dataset (unless ``overwrite``)."""
+    try:
+        uploader = st.CloudUploader.get((str(local), remote), keep_local=True, exist_ok=True)
+        existing = uploader.list_objects("index.json")
+    except Exception as e:  # boto3/botocore raise many types; all mean the same to the user
+        raise DataError(_remote_error("list", remote, e)) from e
+    if existing and not overwrite:
+        raise FileExistsError(f"{remote}/index.json exists; pass overwrite=True (--overwrite) to replace the dataset.")
+
+
+def _write_mds(st, inputs, tokenizer_dir, seq_len, out: Path, remote, compression, size_limit, overwrite, progress):
+    from tqdm import tqdm
+    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+
+    from ..tokenizer import check_hf_assets_path
+
     tokenizer_dir = check_hf_assets_path(str(tokenizer_dir))
     tokenizer = HuggingFaceTokenizer(str(tokenizer_dir))
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
@@ -272,10 +361,11 @@ def write_mds(
     samples = documents = tokens = 0
     buf = np.empty(0, dtype=np.int32)
     columns = {TOKENS_COLUMN: f"ndarray:{TOKEN_DTYPE}:{sample_len}"}
-    with st.MDSWriter(
-        columns=columns, out=str(out), compression=compression, size_limit=limit, hashes=[SHARD_HASH],
-        exist_ok=overwrite,
-    ) as writer:
+    writer = st.MDSWriter(
+        columns=columns, out=str(out) if remote is None else (str(out), remote), keep_local=True,
+        compression=compression, size_limit=limit, hashes=[SHARD_HASH], exist_ok=overwrite,
+    )
+    with writer:
         # MDSWriter flushes before adding a sample that would overflow the shard, even when the shard
         # is empty: a limit below one sample writes an empty shard and then one sample per shard.
         per_shard = writer.extra_bytes_per_shard + writer.extra_bytes_per_sample + sample_bytes
@@ -334,6 +424,12 @@ def write_mds(
         **{k: v for k, v in asdict(summary).items() if k not in ("out", "seq_len")},
     }
     (out / CONVERSION_FILE).write_text(json.dumps(conversion, indent=2) + "\n")
+    if remote is not None:
+        try:
+            writer.cloud_writer.upload_file(CONVERSION_FILE)
+        except Exception as e:
+            raise DataError(_remote_error("upload to", remote, e)) from e
+        summary.out = remote
     logger.info(
         "Wrote %s: %d documents, %d tokens -> %d samples of %d tokens in %d shard(s) (%d tail tokens unused)",
         out, documents, tokens, samples, sample_len, summary.shards, tail,
@@ -430,7 +526,8 @@ def mds_stats(directory: str | Path) -> MdsStats:
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """One MDS stream as configured: a local directory and at most one weight."""
+    """One MDS stream as configured: a local directory (the cache, when ``remote`` is set) and at most
+    one weight."""
 
     name: str
     local: str
@@ -439,6 +536,12 @@ class StreamSpec:
     choose: int | None = None
     setting: str = ""
     """The config key it came from, for error messages (e.g. ``mosaic_dataloader.dataset.local``)."""
+    remote: str | None = None
+    """Remote directory (``s3://bucket/prefix``) that ``local`` caches; None: ``local`` is the data."""
+
+    @property
+    def remote_setting(self) -> str:
+        return self.setting.removesuffix(".local") + ".remote"
 
 
 class MDSLoader(GlobalOrderLoader):
@@ -450,6 +553,8 @@ class MDSLoader(GlobalOrderLoader):
     """
 
     state_key = "mds"
+    seq_len_key = "training.seq_len"
+    """The setting ``seq_len`` comes from, for error messages."""
 
     def __init__(
         self,
@@ -464,6 +569,7 @@ class MDSLoader(GlobalOrderLoader):
         shuffle_algo: str = "py1e",
         shuffle_block_size: int = 1 << 18,
         name: str = "mds",
+        rank_streams: dict[int | str, Sequence[StreamSpec]] | None = None,
     ):
         super().__init__(
             name=name, local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size
@@ -497,10 +603,14 @@ class MDSLoader(GlobalOrderLoader):
         index_hashes = []
         samples_per_stream = []
         for i, spec in enumerate(self.specs):
+            stream = self._make_stream(spec)
+            if spec.remote:
+                self._fetch_index(stream, spec)
             index = read_index(spec.local, spec.setting)
             index_hashes.append(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest())
-            stream = self._make_stream(spec)
             shards = self._load_shards(stream, spec)
+            if spec.remote:
+                stream.validate_hash = _common_hash(shards)
             samples = sum(shard.samples for shard in shards)
             if not samples:
                 raise DataError(
@@ -517,18 +627,28 @@ class MDSLoader(GlobalOrderLoader):
         self.shard_offset_per_stream = np.cumsum([0] + [self._shard_stream.count(i) for i in range(len(self.specs))])
         self.spanner = st.Spanner(self.samples_per_shard)
         self._ready = np.zeros(len(self.shards), dtype=bool)
-        try:
-            # streaming divides by the total choose, which is 0 for an empty epoch (refused below).
-            with np.errstate(divide="ignore", invalid="ignore"):
-                self.epoch_size = int(st.Stream.apply_weights(self.streams, self.samples_per_stream, None, shuffle_seed))
-        except ValueError as e:
-            raise ConfigError(f"mosaic_dataloader.dataset.streams: {e}") from None
-        if self.epoch_size < 1:
-            raise ConfigError(
-                f"The stream weights give an empty epoch ({[s.name for s in self.specs]} choose "
-                f"{[int(s.choose) for s in self.streams]}); set a positive proportion/repeat/choose."
+        self.non_iid = rank_streams is not None
+        non_iid_parts = None
+        if not self.non_iid:
+            self.order_seed = shuffle_seed
+            self.epoch_size, self.choose_per_stream = self._weigh(
+                self.streams, self.samples_per_stream, shuffle_seed, "mosaic_dataloader.dataset.streams"
             )
-        self.choose_per_stream = [int(s.choose) for s in self.streams]
+            # IID: every shard is one piece (zero-sample shards too: get_sampling sees them, as in streaming).
+            self.pieces_per_stream = [
+                [(int(self.sample_offset_per_shard[k]), int(self.samples_per_shard[k]))
+                 for k in range(self.shard_offset_per_stream[i], self.shard_offset_per_stream[i + 1])]
+                for i in range(len(self.specs))
+            ]
+        else:
+            plans = self._non_iid_plans(rank_streams)
+            self.order_seed, self.epoch_size, self.choose_per_stream, blocks = plans[dp_rank]
+            self.epoch_size_per_rank = [plan[1] for plan in plans]
+            self.pieces_per_stream = [self._clip_pieces(i, block) for i, block in enumerate(blocks)]
+            non_iid_parts = {
+                "dp_world_size": dp_world_size,
+                "ranks": [{"seed": s, "choose": c, "blocks": b} for s, _, c, b in plans],
+            }
         self._fingerprint = fingerprint(
             streams=[
                 {"index": h, "proportion": s.proportion, "repeat": s.repeat, "choose": s.choose}
@@ -540,11 +660,12 @@ class MDSLoader(GlobalOrderLoader):
             shuffle_algo=shuffle_algo,
             shuffle_block_size=shuffle_block_size,
             canonical_nodes=1,
+            **({"non_iid": non_iid_parts} if non_iid_parts else {}),
         )
-        for spec, stream, n in zip(self.specs, self.streams, samples_per_stream):
+        for spec, choose, n in zip(self.specs, self.choose_per_stream, samples_per_stream):
             logger.info(
-                "MDS stream %s (%s): %d samples on disk, %d per epoch (proportion %.4f, repeat %.3f)",
-                spec.name, spec.local, n, int(stream.choose), float(stream.proportion), float(stream.repeat),
+                "MDS stream %s (%s): %d samples on disk, %d per epoch%s",
+                spec.name, spec.local, n, choose, f" on dp_rank {dp_rank} (non-IID)" if self.non_iid else "",
             )
         logger.info(
             "Dataset %s: %d stream(s), %d shards, %d samples of %d tokens per epoch, shuffle=%s "
@@ -554,10 +675,81 @@ class MDSLoader(GlobalOrderLoader):
         )
 
     # -- set-up ------------------------------------------------------------------------------------
+    def _weigh(self, streams: list[Stream], samples: np.ndarray, seed: int, where: str) -> tuple[int, list[int]]:
+        """streaming's ``Stream.apply_weights``: the epoch size and each stream's samples per epoch."""
+        try:
+            # streaming divides by the total choose, which is 0 for an empty epoch (refused below).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                epoch_size = int(self._st.Stream.apply_weights(streams, samples, None, seed))
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if epoch_size < 1:
+            raise ConfigError(
+                f"The stream weights give an empty epoch ({where}: choose "
+                f"{[int(s.choose) for s in streams]}); set a positive proportion/repeat/choose."
+            )
+        return epoch_size, [int(s.choose) for s in streams]
+
+    def _non_iid_plans(self, rank_streams: dict[int | str, Sequence[StreamSpec]]) -> list[tuple]:
+        """Per DP rank: (order seed, epoch size, choose per base stream, sample block per base stream).
+
+        Computed for every rank on every rank (cheap: no data is read), so every rank validates the
+        whole configuration and the fingerprint covers all ranks' plans.
+        """
+        names = [spec.name for spec in self.specs]
+        world = self.dp_world_size
+        for key in rank_streams:
+            if key != "default" and not (isinstance(key, int) and 0 <= key < world):
+                raise ConfigError(
+                    f"mosaic_dataloader.dataset.non_iid_streams.dp_rank_{key}: there are only {world} "
+                    f"data-parallel ranks (dp_rank_0 .. dp_rank_{world - 1})."
+                )
+        per_rank = [list(rank_streams.get(r, rank_streams.get("default", self.specs))) for r in range(world)]
+        readers = [[r for r in range(world) if any(s.name == name for s in per_rank[r])] for name in names]
+        offsets = np.concatenate([[0], np.cumsum(self.samples_per_stream)])
+        for name, ranks in zip(names, readers):
+            if not ranks:
+                logger.warning("MDS stream %s is read by no data-parallel rank (non_iid_streams).", name)
+        plans = []
+        for r, specs in enumerate(per_rank):
+            blocks: list[tuple[int, int] | None] = [None] * len(names)
+            for spec in specs:
+                i = names.index(spec.name)
+                n, k, j = int(self.samples_per_stream[i]), len(readers[i]), readers[i].index(r)
+                start, end = offsets[i] + n * j // k, offsets[i] + n * (j + 1) // k
+                if end <= start:
+                    raise DataError(
+                        f"MDS stream '{spec.name}' has {n} samples, split over the {k} data-parallel ranks "
+                        f"that read it (non_iid_streams): dp_rank {r} gets none. Let fewer ranks read it."
+                    )
+                blocks[i] = (int(start), int(end))
+            seed = int(hashlib.sha256(f"{self.shuffle_seed}:dp_rank_{r}".encode()).hexdigest()[:8], 16) >> 1
+            streams = [self._make_stream(spec) for spec in specs]
+            samples = np.asarray([blocks[names.index(s.name)][1] - blocks[names.index(s.name)][0] for s in specs], np.int64)
+            epoch, chosen = self._weigh(streams, samples, seed, f"mosaic_dataloader.dataset.non_iid_streams (dp_rank {r})")
+            choose = [0] * len(names)
+            for spec, c in zip(specs, chosen):
+                choose[names.index(spec.name)] = c
+            plans.append((seed, epoch, choose, blocks))
+        return plans
+
+    def _clip_pieces(self, stream_id: int, block: tuple[int, int] | None) -> list[tuple[int, int]]:
+        """The stream's shards cut to the sample range ``block`` = [start, end) (non-zero pieces only)."""
+        if block is None:
+            return []
+        pieces = []
+        for k in range(self.shard_offset_per_stream[stream_id], self.shard_offset_per_stream[stream_id + 1]):
+            lo = max(block[0], int(self.sample_offset_per_shard[k]))
+            hi = min(block[1], int(self.sample_offset_per_shard[k] + self.samples_per_shard[k]))
+            if hi > lo:
+                pieces.append((lo, hi - lo))
+        return pieces
+
     def _make_stream(self, spec: StreamSpec) -> Stream:
         try:
             stream = self._st.Stream(
-                local=spec.local, proportion=spec.proportion, repeat=spec.repeat, choose=spec.choose
+                remote=spec.remote, local=spec.local, proportion=spec.proportion, repeat=spec.repeat,
+                choose=spec.choose,
             )
         except ValueError as e:
             raise ConfigError(f"MDS stream '{spec.name}' ({spec.setting}): {e}") from None
@@ -567,6 +759,39 @@ class MDSLoader(GlobalOrderLoader):
              "keep_zip": False}
         )
         return stream
+
+    @staticmethod
+    def _fetch_index(stream: Stream, spec: StreamSpec) -> None:
+        """Download ``index.json`` of a remote stream into ``local`` unless it is cached there.
+
+        A cached ``index.json`` is used as is (as streaming does): a new dataset at the same remote
+        needs a fresh ``local``. Under the stream directory's lock, the file is downloaded to
+        ``index.json.tmp`` and renamed, so another rank never reads a partial index.
+        """
+        from filelock import FileLock
+
+        path = os.path.join(spec.local, "index.json")
+        if os.path.isfile(path):
+            logger.info("MDS stream %s: using the cached %s of %s", spec.name, path, spec.remote)
+            return
+        os.makedirs(spec.local, exist_ok=True)
+        with FileLock(os.path.join(spec.local, DECOMPRESS_LOCK)):
+            if os.path.isfile(path):
+                return
+            tmp = path + ".tmp"
+            if os.path.exists(tmp):  # left by an interrupted run; streaming would keep it as is
+                os.remove(tmp)
+            try:
+                stream._download_file("index.json", "index.json.tmp")
+            except Exception as e:  # boto3/botocore raise many types; all mean the same to the user
+                raise DataError(_remote_error("download index.json of", spec.remote, e, spec.remote_setting)) from e
+            os.replace(tmp, path)
+            try:  # optional: lets check_tokenizer_matches see how the data was tokenized
+                stream._download_file(CONVERSION_FILE, CONVERSION_FILE + ".tmp")
+                os.replace(os.path.join(spec.local, CONVERSION_FILE + ".tmp"), os.path.join(spec.local, CONVERSION_FILE))
+            except Exception as e:
+                logger.info("MDS stream %s: no %s at %s (%s)", spec.name, CONVERSION_FILE, spec.remote, type(e).__name__)
+        logger.info("MDS stream %s: downloaded %s/index.json into %s", spec.name, spec.remote, spec.local)
 
     def _load_shards(self, stream: Stream, spec: StreamSpec) -> list[Any]:
         index_path = os.path.join(spec.local, "index.json")
@@ -594,15 +819,18 @@ class MDSLoader(GlobalOrderLoader):
             if fixed is not None and fixed != self.seq_len + 1:
                 raise DataError(
                     f"MDS stream '{spec.name}' ({spec.local}) holds samples of {fixed} tokens (seq_len "
-                    f"{fixed - 1}), but training.seq_len = {self.seq_len} needs {self.seq_len + 1}. "
-                    f"Convert the data again with --seq-len {self.seq_len}, or set training.seq_len = {fixed - 1}."
+                    f"{fixed - 1}), but {self.seq_len_key} = {self.seq_len} needs {self.seq_len + 1}. "
+                    f"Convert the data again with --seq-len {self.seq_len}, or set {self.seq_len_key} = {fixed - 1}."
                 )
             self._check_shard_files(shard, spec)
         return shards
 
     @staticmethod
     def _check_shard_files(shard: Any, spec: StreamSpec) -> None:
-        """A shard is usable if its raw file, or its compressed file, is there with the indexed size."""
+        """A shard is usable if its raw file, or its compressed file, is there with the indexed size.
+
+        For a remote stream, a missing file is fine (downloaded on first use); a cached file with
+        the wrong size is not."""
         problems = []
         for info in (shard.raw_data, shard.zip_data):
             if info is None:
@@ -617,6 +845,8 @@ class MDSLoader(GlobalOrderLoader):
                     f"MDS shard {path} has {size} bytes but index.json says {info.bytes}: it is "
                     f"truncated or was modified ({spec.setting} = '{spec.local}'). Re-run the conversion."
                 )
+            return
+        if spec.remote:
             return
         raise DataError(
             f"MDS shard file missing: {' and '.join(problems)} (listed in "
@@ -639,30 +869,56 @@ class MDSLoader(GlobalOrderLoader):
         Each shard contributes ``choose`` samples (streaming's ``get_sampling``): whole repeats of the
         shard, then a seeded random subset for the fractional part.
         """
-        rng = np.random.default_rng(self.shuffle_seed + epoch)
+        rng = np.random.default_rng(self.order_seed + epoch)
         units: list[int] = []
         ids: list[np.ndarray] = []
-        for stream_id, stream in enumerate(self.streams):
-            begin, end = self.shard_offset_per_stream[stream_id], self.shard_offset_per_stream[stream_id + 1]
-            shard_ids = np.arange(begin, end)
-            sizes = self.samples_per_shard[shard_ids]
-            chosen = self._st.get_sampling(sizes, int(stream.choose), 1, self.shuffle_seed, epoch, self.shuffle)
-            for shard_id, size, choose in zip(shard_ids, sizes, chosen):
+        for stream_choose, pieces in zip(self.choose_per_stream, self.pieces_per_stream):
+            if not pieces:
+                continue
+            sizes = np.asarray([size for _, size in pieces], np.int64)
+            chosen = self._st.get_sampling(sizes, stream_choose, 1, self.order_seed, epoch, self.shuffle)
+            for (offset, size), choose in zip(pieces, chosen):
                 if not size:
                     continue
                 full, part = divmod(int(choose), int(size))
-                offset = self.sample_offset_per_shard[shard_id]
                 units += [int(size)] * full + ([part] if part else [])
                 ids += [offset + np.arange(size)] * full
                 if part:
                     ids.append(np.sort(offset + rng.choice(size, part, False)))
         return np.asarray(units, np.int64), np.concatenate(ids).astype(np.int64)
 
+    def rank_indices(self, consumed: int) -> range:
+        """IID: this rank's block of the global batch. Non-IID: the next ``local_batch_size`` positions
+        of this rank's own order (every rank has read ``consumed / dp_world_size`` samples)."""
+        if not self.non_iid:
+            return super().rank_indices(consumed)
+        start = consumed // self.dp_world_size
+        return range(start, start + self.local_batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.non_iid:  # kept identical on every rank: every rank's epoch size, and the DP degree
+            state[self.state_key].update(num_samples=list(self.epoch_size_per_rank), dp_world_size=self.dp_world_size)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict and self.non_iid and self.state_key in state_dict:
+            saved = state_dict[self.state_key].get("dp_world_size")
+            if saved != self.dp_world_size:
+                raise DataError(
+                    f"Dataset {self.name}: mosaic_dataloader.dataset.non_iid_streams gives each data-parallel "
+                    f"rank its own sample plan, so it resumes only with the DP degree it was saved with "
+                    f"({saved if saved is not None else 'a checkpoint without non_iid_streams'}); this run has "
+                    f"{self.dp_world_size}. Resume with the same DP degree, or set "
+                    f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data deliberately."
+                )
+        super().load_state_dict(state_dict)
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         units, sample_ids = self.resample(epoch)
         if not self.shuffle:
             return sample_ids
-        perm = self._st.get_shuffle(self.shuffle_algo, units, 1, self.shuffle_seed, epoch, self.shuffle_block_size)
+        perm = self._st.get_shuffle(self.shuffle_algo, units, 1, self.order_seed, epoch, self.shuffle_block_size)
         return sample_ids[perm]
 
     def stream_of(self, sample_id: int) -> int:
@@ -671,11 +927,17 @@ class MDSLoader(GlobalOrderLoader):
         return self._shard_stream[shard_id]
 
     def _prepare(self, shard_id: int) -> None:
-        """Decompress a compressed shard beside its zip file (streaming's Stream.prepare_shard), once.
+        """Download and/or decompress a shard (streaming's ``Stream.prepare_shard``), once.
+
+        Remote streams download on demand: a shard is fetched the first time this rank reads one of
+        its samples (into ``local``, where other ranks and later runs find it). Its ``xxh64`` hash
+        from ``index.json`` is checked when the index has one for every shard; a file that fails is
+        deleted and the read raises DataError.
 
         Ranks on one node may reach the same shard together. streaming writes ``<raw>.tmp`` and
         renames it, so two writers would share that temporary file. One file lock per stream
-        directory (``DECOMPRESS_LOCK``) serialises them. The directory must be writable.
+        directory (``DECOMPRESS_LOCK``) serialises downloads and decompression. The directory must
+        be writable.
         """
         shard = self.shards[shard_id]
         spec = self.specs[self._shard_stream[shard_id]]
@@ -685,8 +947,18 @@ class MDSLoader(GlobalOrderLoader):
 
             with FileLock(os.path.join(spec.local, DECOMPRESS_LOCK)):
                 if not os.path.isfile(raw):
-                    logger.debug("Decompressing MDS shard %s", os.path.join(spec.local, shard.zip_data.basename))
-                    self.streams[self._shard_stream[shard_id]].prepare_shard(shard)
+                    logger.debug("Preparing MDS shard %s of stream %s", shard.raw_data.basename, spec.name)
+                    try:
+                        self.streams[self._shard_stream[shard_id]].prepare_shard(shard)
+                    except Exception as e:  # download (boto3), checksum (ValueError), decompression
+                        for info in (shard.raw_data, shard.zip_data):
+                            if spec.remote and info is not None and os.path.isfile(os.path.join(spec.local, info.basename)):
+                                os.remove(os.path.join(spec.local, info.basename))
+                        if not spec.remote:
+                            raise DataError(f"MDS shard {raw}: cannot prepare it ({type(e).__name__}: {e}).") from e
+                        raise DataError(
+                            _remote_error(f"fetch shard {shard.raw_data.basename} of", spec.remote, e, spec.remote_setting)
+                        ) from e
         self._ready[shard_id] = True
 
     def sample(self, index: int) -> np.ndarray:
@@ -703,7 +975,7 @@ class MDSLoader(GlobalOrderLoader):
             raise DataError(f"MDS shard {path}, sample {row}: cannot decode ({type(e).__name__}: {e}).") from None
         if tokens.shape != (self.seq_len + 1,):
             raise DataError(
-                f"MDS shard {path}, sample {row} has shape {tokens.shape}; training.seq_len = "
+                f"MDS shard {path}, sample {row} has shape {tokens.shape}; {self.seq_len_key} = "
                 f"{self.seq_len} needs ({self.seq_len + 1},). Convert the data with --seq-len {self.seq_len}."
             )
         return tokens
@@ -725,32 +997,91 @@ def stream_specs(dataset) -> list[StreamSpec]:
     if dataset.local:
         return [StreamSpec(name="default", local=dataset.local, setting=f"{prefix}.local")]
     specs = []
-    for name, fields in dataset.streams.items():
-        key = f"{prefix}.streams.{name}"
-        if not isinstance(fields, dict):
-            raise ConfigError(f"`{key}` must be a table of {list(STREAM_KEYS)}, got {fields!r}.")
-        unknown = sorted(set(fields) - set(STREAM_KEYS))
-        if unknown:
-            raise ConfigError(f"Unknown key(s) {unknown} in `{key}`; valid keys: {list(STREAM_KEYS)}.")
-        if fields.get("remote"):
-            raise ConfigError(
-                f"`{key}.remote` = {fields['remote']!r}: remote streams are not supported yet "
-                f"(TODO(mds-remote)). Copy the data to local disk and set `{key}.local`."
-            )
-        local = fields.get("local")
-        if not isinstance(local, str) or not local:
-            raise ConfigError(f"`{key}.local` must be the path of an MDS directory, got {local!r}.")
-        for weight, types_ in (("proportion", (int, float)), ("repeat", (int, float)), ("choose", (int,))):
-            value = fields.get(weight)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, types_)):
-                raise ConfigError(f"`{key}.{weight}` must be a number, got {type(value).__name__} {value!r}.")
-        specs.append(
-            StreamSpec(
-                name=name, local=local, proportion=fields.get("proportion"), repeat=fields.get("repeat"),
-                choose=fields.get("choose"), setting=f"{key}.local",
-            )
-        )
+    specs = [
+        _parse_stream(name, fields, f"{prefix}.streams.{name}", STREAM_KEYS) for name, fields in dataset.streams.items()
+    ]
     return specs
+
+
+NON_IID_KEYS = ("proportion", "repeat", "choose")
+
+
+def non_iid_rank_streams(dataset, specs: Sequence[StreamSpec]) -> dict[int | str, list[StreamSpec]] | None:
+    """``[mosaic_dataloader.dataset.non_iid_streams.<dp_rank_N | default>.<stream>]`` -> StreamSpecs per
+    rank key (an int N, or ``"default"``); None when the table is empty (IID). Each entry names base
+    streams and may override their weights; everything else is inherited from the base stream."""
+    prefix = "mosaic_dataloader.dataset.non_iid_streams"
+    if not dataset.non_iid_streams:
+        return None
+    if not dataset.streams:
+        raise ConfigError(f"{prefix} needs mosaic_dataloader.dataset.streams.<name> to refer to.")
+    base = {spec.name: spec for spec in specs}
+    out: dict[int | str, list[StreamSpec]] = {}
+    for rank_key, table in dataset.non_iid_streams.items():
+        match = re.fullmatch(r"dp_rank_(\d+)", rank_key)
+        if rank_key != "default" and not match:
+            raise ConfigError(f"`{prefix}.{rank_key}`: keys are dp_rank_<N> or default, got '{rank_key}'.")
+        if not isinstance(table, dict) or not table:
+            raise ConfigError(f"`{prefix}.{rank_key}` must be a non-empty table of stream names ({sorted(base)}).")
+        rank_specs = []
+        for name, fields in table.items():
+            key = f"{prefix}.{rank_key}.{name}"
+            if name not in base:
+                raise ConfigError(f"`{key}`: no stream '{name}' in mosaic_dataloader.dataset.streams ({sorted(base)}).")
+            if not isinstance(fields, dict):
+                raise ConfigError(f"`{key}` must be a table of {list(NON_IID_KEYS)}, got {fields!r}.")
+            unknown = sorted(set(fields) - set(NON_IID_KEYS))
+            if unknown:
+                raise ConfigError(
+                    f"Unknown key(s) {unknown} in `{key}`; a rank may override only {list(NON_IID_KEYS)} "
+                    f"(local/remote are the base stream's)."
+                )
+            for weight, value in fields.items():
+                if isinstance(value, bool) or not isinstance(value, (int,) if weight == "choose" else (int, float)):
+                    raise ConfigError(f"`{key}.{weight}` must be a number, got {type(value).__name__} {value!r}.")
+            # An override of one weight replaces the base stream's weight (they are alternatives).
+            weights = {w: getattr(base[name], w) for w in NON_IID_KEYS} if not fields else dict.fromkeys(NON_IID_KEYS)
+            weights.update(fields)
+            rank_specs.append(dataclasses.replace(base[name], setting=base[name].setting, **weights))
+        out["default" if rank_key == "default" else int(match.group(1))] = rank_specs
+    return out
+
+
+def _common_hash(shards: Sequence[Any]) -> str | None:
+    """``SHARD_HASH`` if ``index.json`` has it for every shard file (then downloads are checked)."""
+    for shard in shards:
+        for raw_info, zip_info in shard.file_pairs:
+            for info in (raw_info, zip_info):
+                if info is not None and SHARD_HASH not in (info.hashes or {}):
+                    logger.warning("MDS index has no %s hash for %s: downloads are not verified.", SHARD_HASH, info.basename)
+                    return None
+    return SHARD_HASH
+
+
+def _parse_stream(name: str, fields: Any, key: str, allowed: Sequence[str]) -> StreamSpec:
+    """One ``[<key>]`` stream table -> StreamSpec, with errors naming ``key``."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"`{key}` must be a table of {list(allowed)}, got {fields!r}.")
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in `{key}`; valid keys: {list(allowed)}.")
+    remote = fields.get("remote")
+    if remote is not None and (not isinstance(remote, str) or "://" not in remote):
+        raise ConfigError(f"`{key}.remote` must be a URL such as 's3://bucket/prefix', got {remote!r}.")
+    local = fields.get("local")
+    if not isinstance(local, str) or not local:
+        raise ConfigError(
+            f"`{key}.local` must be the path of an MDS directory (the download cache when "
+            f"`{key}.remote` is set), got {local!r}."
+        )
+    for weight, types_ in (("proportion", (int, float)), ("repeat", (int, float)), ("choose", (int,))):
+        value = fields.get(weight)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types_)):
+            raise ConfigError(f"`{key}.{weight}` must be a number, got {type(value).__name__} {value!r}.")
+    return StreamSpec(
+        name=name, local=local, proportion=fields.get("proportion"), repeat=fields.get("repeat"),
+        choose=fields.get("choose"), setting=f"{key}.local", remote=remote or None,
+    )
 
 
 def check_tokenizer_matches(specs: Sequence[StreamSpec], hf_assets_path: str | None) -> None:
@@ -789,8 +1120,8 @@ def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) ->
             f"implemented yet (local shards are read on demand, TODO(mds-remote)). Leave it at -1."
         )
     specs = stream_specs(cfg.dataset)
-    check_tokenizer_matches(specs, getattr(job_config.model, "hf_assets_path", None))
-    return MDSLoader(
+    rank_streams = non_iid_rank_streams(cfg.dataset, specs)
+    loader = MDSLoader(
         streams=specs,
         seq_len=job_config.training.seq_len,
         local_batch_size=job_config.training.local_batch_size,
@@ -801,4 +1132,90 @@ def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) ->
         shuffle_algo=cfg.dataset.shuffle_algo,
         shuffle_block_size=cfg.dataset.shuffle_block_size,
         name=job_config.training.dataset,
+        rank_streams=rank_streams,
     )
+    # After the loader: it downloads a remote stream's index.json and conversion.json into local.
+    check_tokenizer_matches(specs, getattr(job_config.model, "hf_assets_path", None))
+    return loader
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------
+
+VALIDATION_KEYS = ("local", "remote")
+
+
+class MDSValidationLoader(MDSLoader):
+    """A finite pass over validation MDS streams: every sample once, in index order, no shuffling.
+
+    Streams are concatenated in config order. Each ``next()`` is one micro-batch: the ranks together
+    take ``dp_world_size * local_batch_size`` consecutive samples, rank ``r`` the ``r``-th block (as
+    in training). Every pass yields ``num_samples // (dp_world_size * local_batch_size)`` batches on
+    every rank, so all ranks stop together (torchtitan's ``validation.steps = -1`` would hang on
+    uneven counts); the remainder is left out, and logged. Each ``iter()`` starts again at sample 0,
+    so every validation run sees the same samples. No checkpoint state.
+    """
+
+    state_key = "mds_validation"
+    seq_len_key = "validation.seq_len"
+
+    def __init__(self, **kwargs):
+        super().__init__(shuffle=False, **kwargs)
+        global_batch = self.local_batch_size * self.dp_world_size
+        self.steps = self.num_samples // global_batch
+        if self.steps == 0:
+            raise DataError(
+                f"Validation data has {self.num_samples} samples, fewer than one global batch of "
+                f"{global_batch} (validation.local_batch_size {self.local_batch_size} x {self.dp_world_size} "
+                f"DP ranks). Use more validation data or a smaller validation.local_batch_size."
+            )
+        left = self.num_samples - self.steps * global_batch
+        if left:
+            logger.warning(
+                "Validation: %d batches of %d samples per pass; the last %d of %d samples are not used "
+                "(every rank must run the same number of batches).", self.steps, global_batch, left, self.num_samples,
+            )
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], Any]]:
+        import torch
+
+        for step in range(self.steps):
+            consumed = step * self.local_batch_size * self.dp_world_size
+            rows = [self.sample(self.global_index_to_sample(g)) for g in self.rank_indices(consumed)]
+            batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+            yield {"input": batch[:, :-1]}, batch[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
+
+
+def build_mds_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> MDSValidationLoader:
+    """``validation.dataset = "mds"``: a finite, unshuffled, DP-partitioned pass over
+    ``[mosaic_dataloader.validation_streams.<name>]`` (``local``, optional ``remote``), with
+    ``validation.seq_len`` and ``validation.local_batch_size``. For torchtitan's Validator
+    (``build_validator_fn``); see :class:`MDSValidationLoader`."""
+    validation = job_config.validation
+    prefix = "mosaic_dataloader.validation_streams"
+    if validation.dataset != "mds":
+        raise ConfigError(f"build_mds_validation_loader needs validation.dataset = 'mds', got '{validation.dataset}'.")
+    streams = job_config.mosaic_dataloader.validation_streams
+    if not streams:
+        raise ConfigError(
+            f"validation.dataset = 'mds' needs at least one [{prefix}.<name>] table with `local` (and "
+            f"optionally `remote`)."
+        )
+    specs = [_parse_stream(name, fields, f"{prefix}.{name}", VALIDATION_KEYS) for name, fields in streams.items()]
+    loader = MDSValidationLoader(
+        streams=specs,
+        seq_len=validation.seq_len,
+        local_batch_size=validation.local_batch_size,
+        dp_rank=dp_rank,
+        dp_world_size=dp_world_size,
+        name="mds_validation",
+    )
+    check_tokenizer_matches(specs, getattr(job_config.model, "hf_assets_path", None))
+    return loader

@@ -499,7 +499,7 @@ def test_mds_is_registered_and_built_from_the_config(mds_dir, other_dir):
         (dict(), 0, "exactly one of mosaic_dataloader.dataset.local"),
         (dict(local="/x", streams={"a": {"local": "/y"}}), 0, "exactly one of"),
         (dict(streams={"a": {"local": "/y", "weight": 2}}), 0, r"Unknown key\(s\) \['weight'\] in `mosaic_dataloader.dataset.streams.a`"),
-        (dict(streams={"a": {"remote": "s3://b/x", "local": "/y"}}), 0, "remote streams are not supported yet"),
+        (dict(streams={"a": {"remote": "bucket/x", "local": "/y"}}), 0, r"streams.a.remote` must be a URL"),
         (dict(streams={"a": {"proportion": 1.0}}), 0, r"`mosaic_dataloader.dataset.streams.a.local`"),
         (dict(streams={"a": {"local": "/y", "proportion": "half"}}), 0, r"streams.a.proportion` must be a number"),
         (dict(local="/x"), 2, "mosaic_dataloader.num_workers = 2"),
@@ -580,3 +580,176 @@ def test_streaming_is_imported_without_its_heavy_init():
 
     with pytest.raises(AttributeError, match="from its submodule"):
         streaming.StreamingDataset  # noqa: B018
+
+
+# -- non-IID streams per DP rank -----------------------------------------------------------------------
+
+
+def non_iid_config(mds_dir, other_dir, non_iid, **streams_extra):
+    streams = {"a": {"local": str(mds_dir), "proportion": 0.5}, "b": {"local": str(other_dir), "proportion": 0.5}}
+    for name, extra in streams_extra.items():
+        streams[name].update(extra)
+    return fake_job_config(MosaicDataset(streams=streams, non_iid_streams=non_iid, shuffle_seed=11))
+
+
+def non_iid_ranks(config, world: int) -> list[MDSLoader]:
+    return [build_dataloader(world, r, None, config) for r in range(world)]
+
+
+def rank_sample_ids(loader: MDSLoader, epochs: int = 1) -> list[int]:
+    return [int(i) for e in range(epochs) for i in loader.epoch_order(e)]
+
+
+NON_IID = {
+    "dp_rank_0": {"a": {"proportion": 0.8}, "b": {"proportion": 0.2}},
+    "default": {"b": {}},
+}
+
+
+def test_non_iid_ranks_read_disjoint_samples_with_their_own_proportions(mds_dir, other_dir):
+    ranks = non_iid_ranks(non_iid_config(mds_dir, other_dir, NON_IID), 3)
+    assert all(loader.non_iid for loader in ranks)
+    ids = [rank_sample_ids(loader, 2) for loader in ranks]
+    # Disjoint: no sample id is read by two ranks (over two epochs, with resampling).
+    for r in range(3):
+        for q in range(r + 1, 3):
+            assert not set(ids[r]) & set(ids[q]), (r, q)
+    # Rank 0: 80/20 of its epoch, exactly; ranks 1 and 2 read only stream b.
+    streams0 = np.bincount([ranks[0].stream_of(i) for i in ranks[0].epoch_order(0)], minlength=2)
+    assert streams0.tolist() == ranks[0].choose_per_stream
+    assert abs(streams0[0] / streams0.sum() - 0.8) < 0.01
+    for loader in ranks[1:]:
+        assert {loader.stream_of(i) for i in loader.epoch_order(0)} == {1}
+    # Stream b is split three ways into contiguous blocks that cover it; ranks 1 and 2 (no weight:
+    # each sample once per epoch) read exactly their blocks, rank 0 a 20%-of-its-epoch subset of its own.
+    n_a, n_b = (int(n) for n in ranks[0].samples_per_stream)
+    blocks = [set(range(n_a + n_b * j // 3, n_a + n_b * (j + 1) // 3)) for j in range(3)]
+    assert set(ranks[1].epoch_order(0).tolist()) == blocks[1] and len(ranks[1].epoch_order(0)) == len(blocks[1])
+    assert set(ranks[2].epoch_order(1).tolist()) == blocks[2]
+    assert {i for i in ids[0] if ranks[0].stream_of(i) == 1} <= blocks[0]
+    # Each rank's epochs differ (own seeds), and the batches it yields follow its own order.
+    assert ranks[1].epoch_order(0).tolist() != ranks[2].epoch_order(0).tolist()
+    x, y = take(ranks[2], 1)[0]
+    expected = np.stack([ranks[2].sample(int(i)) for i in ranks[2].epoch_order(0)[:2]])
+    assert torch.equal(torch.cat([x, y[:, -1:]], 1), torch.from_numpy(expected).long())
+
+
+def test_non_iid_plan_is_reproducible_and_resumes_exactly(mds_dir, other_dir):
+    config = non_iid_config(mds_dir, other_dir, NON_IID)
+    k, m = 5, 40  # past the end of the smaller ranks' epochs
+    reference = take_ranks(non_iid_ranks(config, 3), k + m)
+    again = take_ranks(non_iid_ranks(config, 3), k + m)
+    for step_a, step_b in zip(reference, again):
+        assert_batches_equal(step_a, step_b)
+    interrupted = non_iid_ranks(config, 3)
+    take_ranks(interrupted, k)
+    states = [loader.state_dict() for loader in interrupted]
+    assert all(state == states[0] for state in states)
+    assert states[0]["mds"]["dp_world_size"] == 3 and len(states[0]["mds"]["num_samples"]) == 3
+    resumed = non_iid_ranks(config, 3)
+    for loader, state in zip(resumed, states):
+        loader.load_state_dict(state)
+    after = take_ranks(resumed, m)
+    for r in range(3):
+        assert_batches_equal([step[r] for step in after], [step[r] for step in reference[k:]])
+
+
+def test_non_iid_refuses_another_dp_degree_and_other_plans(mds_dir, other_dir):
+    config = non_iid_config(mds_dir, other_dir, NON_IID)
+    state = non_iid_ranks(config, 3)[0].state_dict()
+    with pytest.raises(DataError, match=r"non_iid_streams.*DP degree it was saved with \(3\); this run has 2"):
+        build_dataloader(2, 0, None, config).load_state_dict(state)
+    other = non_iid_config(mds_dir, other_dir, {**NON_IID, "dp_rank_0": {"a": {"proportion": 0.7}, "b": {"proportion": 0.3}}})
+    with pytest.raises(FingerprintMismatchError):
+        build_dataloader(3, 1, None, other).load_state_dict(state)  # rank 1's own plan is unchanged
+    iid = make_loader(None, streams=[StreamSpec("a", str(mds_dir), proportion=0.5), StreamSpec("b", str(other_dir), proportion=0.5)])
+    with pytest.raises(DataError, match="a checkpoint without non_iid_streams"):
+        build_dataloader(1, 0, None, non_iid_config(mds_dir, other_dir, NON_IID)).load_state_dict(iid.state_dict())
+
+
+def test_non_iid_inherits_base_weights_and_ranks_without_entry_read_everything(mds_dir, other_dir):
+    config = non_iid_config(mds_dir, other_dir, {"dp_rank_1": {"a": {}}}, a={"proportion": 0.3}, b={"proportion": 0.7})
+    r0, r1 = non_iid_ranks(config, 2)
+    assert r1.choose_per_stream[1] == 0 and r1.num_samples == r1.choose_per_stream[0]
+    assert abs(r0.choose_per_stream[0] / r0.num_samples - 0.3) < 0.01
+    assert not set(rank_sample_ids(r0)) & set(rank_sample_ids(r1))
+
+
+@pytest.mark.parametrize(
+    "non_iid, match",
+    [
+        ({"rank_1": {"a": {}}}, r"keys are dp_rank_<N> or default"),
+        ({"dp_rank_5": {"a": {}}}, r"dp_rank_5: there are only 2 data-parallel ranks"),
+        ({"default": {"c": {}}}, r"non_iid_streams.default.c`: no stream 'c'"),
+        ({"default": {"a": {"local": "/x"}}}, r"Unknown key\(s\) \['local'\].*local/remote are the base stream's"),
+        ({"default": {"a": {"proportion": "x"}}}, r"default.a.proportion` must be a number"),
+        ({"dp_rank_0": {"a": {"proportion": 0.5}, "b": {"repeat": 2}}}, r"non_iid_streams \(dp_rank 0\)"),
+    ],
+    ids=["bad_key", "rank_out_of_range", "unknown_stream", "local_override", "bad_weight", "mixed_weights"],
+)
+def test_non_iid_config_errors_name_the_key(mds_dir, other_dir, non_iid, match):
+    with pytest.raises(ConfigError, match=match):
+        build_dataloader(2, 0, None, non_iid_config(mds_dir, other_dir, non_iid))
+
+
+def test_non_iid_toml_parses(tmp_path, mds_dir, other_dir):
+    from torchtitan.config import ConfigManager
+
+    toml = tmp_path / "train.toml"
+    toml.write_text(
+        '[job]\ncustom_config_module = "titan_recipes.config"\n[training]\ndataset = "mds"\n'
+        f'[mosaic_dataloader.dataset.streams.a]\nlocal = "{mds_dir}"\n'
+        f'[mosaic_dataloader.dataset.streams.b]\nlocal = "{other_dir}"\n'
+        '[mosaic_dataloader.dataset.non_iid_streams.dp_rank_1.a]\nrepeat = 2\n'
+        '[mosaic_dataloader.dataset.non_iid_streams.default.b]\n'
+    )
+    config = ConfigManager().parse_args(["--job.config_file", str(toml)])
+    validate_job_config(config)
+    assert config.mosaic_dataloader.dataset.non_iid_streams == {"dp_rank_1": {"a": {"repeat": 2}}, "default": {"b": {}}}
+
+
+# -- validation --------------------------------------------------------------------------------------------
+
+
+def validation_config(streams, local_batch_size=4, seq_len=16):
+    config = fake_job_config(MosaicDataset())
+    config.mosaic_dataloader.validation_streams = streams
+    config.validation = SimpleNamespace(dataset="mds", seq_len=seq_len, local_batch_size=local_batch_size)
+    return config
+
+
+def test_validation_is_a_finite_unshuffled_pass_cut_by_rank(corpus, other_corpus, mds_dir, other_dir):
+    from titan_recipes.data.mds import MDSValidationLoader, build_mds_validation_loader
+
+    streams = {"a": {"local": str(mds_dir)}, "b": {"local": str(other_dir)}}
+    total = corpus.num_samples + other_corpus.num_samples
+    one = build_mds_validation_loader(1, 0, None, validation_config(streams, local_batch_size=6))
+    assert isinstance(one, MDSValidationLoader) and one.state_dict() == {}
+    first, second = ([(x["input"], y) for x, y in one] for _ in range(2))
+    assert len(first) == total // 6
+    assert_batches_equal(first, second)  # every pass reads the same samples
+    rows = torch.cat([torch.cat([x, y[:, -1:]], 1) for x, y in first])
+    expected = np.stack([corpus.window(k) for k in range(corpus.num_samples)] + [other_corpus.window(k) for k in range(other_corpus.num_samples)])
+    assert torch.equal(rows, torch.from_numpy(expected[: len(rows)]))
+    ranks = [build_mds_validation_loader(2, r, None, validation_config(streams, local_batch_size=3)) for r in range(2)]
+    per_rank = [[(x["input"], y) for x, y in loader] for loader in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(first)
+    assert_batches_equal([(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(*per_rank)], first)
+
+
+@pytest.mark.parametrize(
+    "streams, kwargs, error, match",
+    [
+        ({}, {}, ConfigError, r"validation.dataset = 'mds' needs .*mosaic_dataloader.validation_streams"),
+        ({"v": {"local": "DIR", "proportion": 0.5}}, {}, ConfigError, r"Unknown key\(s\) \['proportion'\] in `mosaic_dataloader.validation_streams.v`"),
+        ({"v": {"local": "DIR"}}, {"seq_len": 32}, DataError, r"validation.seq_len = 32 needs 33"),
+        ({"v": {"local": "DIR"}}, {"local_batch_size": 10_000}, DataError, r"fewer than one global batch"),
+    ],
+    ids=["no_streams", "weights", "seq_len", "too_small"],
+)
+def test_validation_errors(mds_dir, streams, kwargs, error, match):
+    from titan_recipes.data.mds import build_mds_validation_loader
+
+    streams = {name: {k: (str(mds_dir) if v == "DIR" else v) for k, v in fields.items()} for name, fields in streams.items()}
+    with pytest.raises(error, match=match):
+        build_mds_validation_loader(1, 0, None, validation_config(streams, **kwargs))
