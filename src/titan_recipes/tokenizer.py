@@ -1,6 +1,6 @@
 """Tokenizer builders for the TrainSpec slot ``build_tokenizer_fn``.
 
-Today: HuggingFace ``tokenizers`` assets (``tokenizer.json`` + ``tokenizer_config.json``) in the
+``model.tokenizer_backend`` picks SentencePiece (:mod:`titan_recipes.tokenizers_sp`) or HuggingFace ``tokenizers`` assets (``tokenizer.json`` + ``tokenizer_config.json``) in the
 directory ``model.hf_assets_path``, loaded by torchtitan's ``HuggingFaceTokenizer``. A missing or
 incomplete directory is a clear error naming the setting, instead of torchtitan's warning followed by
 a failure deep inside the tokenizer.
@@ -34,6 +34,8 @@ def check_hf_assets_path(path: str) -> Path:
     return directory
 
 
-def build_tokenizer(job_config) -> HuggingFaceTokenizer:
-    directory = check_hf_assets_path(job_config.model.hf_assets_path)
-    return HuggingFaceTokenizer(str(directory))
+def build_tokenizer(job_config):
+    """The TrainSpec's ``build_tokenizer_fn``: routes on ``model.tokenizer_backend`` (sp or hf)."""
+    from .tokenizers_sp import build_tokenizer_for_backend
+
+    return build_tokenizer_for_backend(job_config.model.tokenizer_backend, job_config.model.hf_assets_path)

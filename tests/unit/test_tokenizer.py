@@ -37,7 +37,7 @@ def test_directory_without_tokenizer_files(tmp_path):
 
 
 def test_build_tokenizer_reports_the_missing_directory(tmp_path):
-    job_config = SimpleNamespace(model=SimpleNamespace(hf_assets_path=str(tmp_path / "absent")))
+    job_config = SimpleNamespace(model=SimpleNamespace(hf_assets_path=str(tmp_path / "absent"), tokenizer_backend="hf"))
     with pytest.raises(ConfigError, match="model.hf_assets_path"):
         build_tokenizer(job_config)
 
@@ -48,7 +48,7 @@ def test_committed_directory_passes():
 
 @pytest.fixture(scope="module")
 def built_tokenizer():
-    return build_tokenizer(SimpleNamespace(model=SimpleNamespace(hf_assets_path=str(TOKENIZER_DIR))))
+    return build_tokenizer(SimpleNamespace(model=SimpleNamespace(hf_assets_path=str(TOKENIZER_DIR), tokenizer_backend="hf")))
 
 
 def test_committed_tokenizer_has_vocab_2048(built_tokenizer):

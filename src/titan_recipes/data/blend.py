@@ -1,0 +1,348 @@
+"""BlendCorpus: a weighted two-level blend of Megatron .bin/.idx shards (``training.dataset = "blendcorpus"``).
+
+The file list (``training.dataset_path``, or ``[blendcorpus] data_file_list``) has one shard per line::
+
+    <weight> <path-prefix> <corpus>        # '#' starts a comment; blank lines are skipped
+
+as written by ``scripts/blendcorpus.py file-list``. What one epoch of the blend is:
+
+1. Each shard's documents (one Megatron sequence each) are split train/valid/test by
+   ``[blendcorpus] split`` (e.g. "98,1,1"; contiguous document ranges, Megatron's rounding). The
+   training loader reads the train part (``split_index`` 0; 1 and 2 select valid and test). Its
+   documents are packed into one stream (``eod_token_id`` appended after each when ``append_eod``)
+   and cut into samples ``tokens[k*L : k*L + L + 1]`` (``L = seq_len``).
+2. An epoch has as many samples as all shards together. Corpora get them by weight (a corpus weighs the
+   sum of its shards' weights), then a corpus's shards by weight, each level with Megatron's greedy
+   blending (at step ``n`` pick the dataset with the largest ``weight * max(n, 1) - count``, first on
+   ties), so every prefix of the blend matches the weights within one sample. With
+   ``blend_sample_in_corpus = false`` a corpus's draws read its shards one after the other (file-list
+   order) instead of interleaved. A shard drawn more often than it has samples repeats them (logged).
+3. ``shuffle_sample_in_corpus``: the samples of each shard are visited in a seeded permutation, and
+   (when interleaving) the draws of each corpus are permuted too (seeded by ``seed``). Otherwise in
+   order. The corpus level always keeps the greedy order.
+
+The blend (corpus, shard, sample per global index) is cached in ``data_cache_path`` under a hash of
+everything that shapes it (weights, corpora, shard names and document lengths, settings; not the
+directory, so moved data keeps its fingerprint), with ``<hash>-description.json`` beside it
+(Megatron's scheme), built once and then memory-mapped. Epochs after the first repeat the same order (logged by GlobalOrderLoader).
+
+Batches are torchtitan's ``({"input": LongTensor[B, L]}, labels)``. The corpus of each row of the last
+batch is :attr:`BlendCorpusLoader.last_corpus_ids` (LongTensor[B], indices into
+:attr:`BlendCorpusLoader.corpus_names`): not an extra input key, because torchtitan's Trainer passes
+extra input keys to the model's forward as keyword arguments, which llama3 rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import xxhash
+
+from ..config import ConfigError
+from .common import DataError, GlobalOrderLoader, fingerprint
+from .megatron_format import MegatronShard
+
+logger = logging.getLogger(__name__)
+
+
+SPLIT_NAMES = {0: "train", 1: "valid", 2: "test"}
+
+
+@dataclass(frozen=True)
+class FileListEntry:
+    weight: float
+    prefix: str
+    corpus: str
+
+
+def parse_file_list(path: str | Path) -> list[FileListEntry]:
+    """Rows of a BlendCorpus file list; relative prefixes resolve from the list's directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"BlendCorpus file list not found: {path} (training.dataset_path / blendcorpus.data_file_list).")
+    entries = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise DataError(f"{path}:{lineno}: expected '<weight> <path-prefix> <corpus>', got {len(parts)} fields: {line!r}")
+        try:
+            weight = float(parts[0])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: weight {parts[0]!r} is not a number") from None
+        if not weight > 0 or not np.isfinite(weight):
+            raise DataError(f"{path}:{lineno}: weight must be positive and finite, got {parts[0]} (remove the line to drop the shard)")
+        prefix = Path(parts[1])
+        if not prefix.is_absolute():
+            prefix = path.parent / prefix
+        entries.append(FileListEntry(weight, str(prefix), parts[2]))
+    if not entries:
+        raise DataError(f"{path}: the file list has no shards.")
+    return entries
+
+
+def parse_split(split: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in split.replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise ConfigError(f"blendcorpus.split = '{split}' must be three non-negative numbers like '98,1,1' (train, valid, test).")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def split_bounds(num_docs: int, split: tuple[float, float, float]) -> list[int]:
+    """Megatron's ``get_split_indices``: document boundaries [0, train_end, valid_end, num_docs]."""
+    bounds = [0]
+    for w in split:
+        bounds.append(bounds[-1] + int(round(w * float(num_docs))))
+    diff = bounds[-1] - num_docs
+    return [bounds[0]] + [b - diff for b in bounds[1:]]
+
+
+FAST_BLEND_MIN_SIZE = 50_000
+"""From this many steps on, :func:`greedy_blend` uses megatron-core's compiled ``build_blending_indices``
+when it imports (same result, tested; the Python loop costs ~4 us per step)."""
+
+
+def greedy_blend(weights: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Megatron's ``build_blending_indices``: (dataset index, sample index within it) per step."""
+    weights = np.asarray(weights, dtype=np.float64)
+    weights = weights / weights.sum()
+    if size >= FAST_BLEND_MIN_SIZE and len(weights) < 2**15:
+        try:
+            from megatron.core.datasets import helpers_cpp
+        except ImportError:
+            helpers_cpp = None
+        if helpers_cpp is not None:
+            dataset_index = np.zeros(size, dtype=np.int16)
+            sample_index = np.zeros(size, dtype=np.int64)
+            helpers_cpp.build_blending_indices(dataset_index, sample_index, weights, len(weights), size, False)
+            return dataset_index.astype(np.int64), sample_index
+    counts = np.zeros(len(weights), dtype=np.int64)
+    dataset_index = np.empty(size, dtype=np.int64)
+    sample_index = np.empty(size, dtype=np.int64)
+    for n in range(size):
+        i = int(np.argmax(weights * max(n, 1.0) - counts))
+        dataset_index[n] = i
+        sample_index[n] = counts[i]
+        counts[i] += 1
+    return dataset_index, sample_index
+
+
+class PackedShard:
+    """The train documents of one shard as one packed token stream, cut into samples of ``L + 1``."""
+
+    def __init__(self, prefix: str, seq_len: int, split, append_eod: bool, eod: int, split_index: int = 0):
+        self.shard = MegatronShard(prefix)
+        self.prefix = prefix
+        self.first_doc, self.end_doc = split_bounds(len(self.shard), split)[split_index : split_index + 2]
+        lengths = self.shard.sequence_lengths[self.first_doc : self.end_doc].astype(np.int64) + int(append_eod)
+        self.doc_starts = np.concatenate([[0], np.cumsum(lengths)])
+        self.num_tokens = int(self.doc_starts[-1])
+        self.seq_len = seq_len
+        self.append_eod = append_eod
+        self.eod = eod
+        self.num_samples = max(0, (self.num_tokens - 1) // seq_len)
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        out = []
+        d = int(np.searchsorted(self.doc_starts, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            doc = self.shard[self.first_doc + d].astype(np.int64)
+            if self.append_eod:
+                doc = np.append(doc, self.eod)
+            lo = pos - int(self.doc_starts[d])
+            piece = doc[lo : lo + (stop - pos)]
+            out.append(piece)
+            pos += len(piece)
+            d += 1
+        return np.concatenate(out)
+
+    def sample(self, k: int) -> np.ndarray:
+        return self.tokens(k * self.seq_len, k * self.seq_len + self.seq_len + 1)
+
+    def digest(self) -> str:
+        """Hash of the shard's document lengths and token dtype (its .idx content, cheaply)."""
+        h = xxhash.xxh3_64(self.shard.sequence_lengths.tobytes())
+        h.update(str(self.shard.dtype).encode())
+        return h.hexdigest()
+
+
+class BlendCorpusLoader(GlobalOrderLoader):
+    """Global blend of Megatron shards; see the module docstring for the order and the cache."""
+
+    state_key = "blendcorpus"
+
+    def __init__(
+        self,
+        *,
+        file_list: str | Path,
+        seq_len: int,
+        local_batch_size: int,
+        dp_rank: int,
+        dp_world_size: int,
+        split: str = "98,1,1",
+        shuffle_sample_in_corpus: bool = True,
+        blend_sample_in_corpus: bool = True,
+        append_eod: bool = False,
+        eod_token_id: int = -1,
+        seed: int = 1234,
+        cache_dir: str | Path | None = None,
+        split_index: int = 0,
+    ):
+        super().__init__(name=f"blendcorpus-{SPLIT_NAMES.get(split_index, split_index)}",
+                         local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size)
+        if append_eod and eod_token_id < 0:
+            raise ConfigError("blendcorpus.append_eod = true needs blendcorpus.eod_token_id >= 0 (the id to append).")
+        self.entries = parse_file_list(file_list)
+        split_frac = parse_split(split)
+        if split_index not in SPLIT_NAMES:
+            raise ValueError(f"split_index must be one of {sorted(SPLIT_NAMES)}, got {split_index}")
+        self.split_name = SPLIT_NAMES[split_index]
+        self.shards = [PackedShard(e.prefix, seq_len, split_frac, append_eod, eod_token_id, split_index)
+                       for e in self.entries]
+        for e, s in zip(self.entries, self.shards):
+            if s.num_samples == 0:
+                raise DataError(f"{e.prefix}: its {self.split_name} split (blendcorpus.split = '{split}') has "
+                                f"{s.num_tokens} tokens, fewer than one sample of seq_len + 1 = {seq_len + 1}. "
+                                f"Remove it from {file_list} or use a smaller seq_len.")
+        self.corpus_names = list(dict.fromkeys(e.corpus for e in self.entries))
+        self.last_corpus_ids: torch.Tensor | None = None
+        """Corpus (index into ``corpus_names``) of each row of the batch last yielded; None before."""
+        self._row_corpora: list[int] = []
+        self.seq_len = seq_len
+        parts = dict(
+            # Content, not location: moving the data keeps the fingerprint (and a resume) valid.
+            shards=[(e.weight, Path(e.prefix).name, e.corpus, s.first_doc, s.end_doc, s.num_tokens, s.digest())
+                    for e, s in zip(self.entries, self.shards)],
+            seq_len=seq_len, split=split_frac, shuffle=shuffle_sample_in_corpus, blend=blend_sample_in_corpus,
+            append_eod=append_eod, eod=eod_token_id, seed=seed, split_index=split_index, version=1,
+        )
+        self._fingerprint = fingerprint(**parts)
+        cache = Path(cache_dir) if cache_dir else Path(file_list).parent / "blendcorpus_cache"
+        self.cache_path = cache / f"{self._fingerprint}-blend.npy"
+        self.description_path = cache / f"{self._fingerprint}-description.json"
+        if self.cache_path.is_file():
+            self.blend = np.load(self.cache_path, mmap_mode="r")
+            logger.info("BlendCorpus: reusing the blend index %s", self.cache_path)
+        else:
+            self.blend = self._build(shuffle_sample_in_corpus, blend_sample_in_corpus, seed)
+            _atomic_save(cache, self.cache_path, self.blend, self.description_path, parts)
+            logger.info("BlendCorpus: built the blend index %s (%d samples)", self.cache_path, len(self.blend))
+
+    def _build(self, shuffle: bool, blend_in_corpus: bool, seed: int) -> np.ndarray:
+        """Rows (corpus id, shard id, sample id within the shard), one per global index of an epoch."""
+        size = sum(s.num_samples for s in self.shards)
+        corpus_of = np.array([self.corpus_names.index(e.corpus) for e in self.entries])
+        weights = np.array([e.weight for e in self.entries])
+        corpus_weights = np.array([weights[corpus_of == c].sum() for c in range(len(self.corpus_names))])
+        corpus_idx, _ = greedy_blend(corpus_weights, size)
+        out = np.empty((size, 3), dtype=np.int64)
+        out[:, 0] = corpus_idx
+        rng = np.random.default_rng(seed)
+        perms = [rng.permutation(s.num_samples) if shuffle else np.arange(s.num_samples) for s in self.shards]
+        for c in range(len(self.corpus_names)):
+            members = np.flatnonzero(corpus_of == c)
+            where = np.flatnonzero(corpus_idx == c)
+            local, draw = greedy_blend(weights[members], len(where))
+            if not blend_in_corpus:
+                order = np.argsort(local, kind="stable")
+                local, draw = local[order], draw[order]
+            if shuffle and blend_in_corpus:
+                order = rng.permutation(len(where))
+                local, draw = local[order], draw[order]
+            shard_ids = members[local]
+            out[where, 1] = shard_ids
+            for s in members:
+                sel = shard_ids == s
+                n = self.shards[s].num_samples
+                drawn = int(sel.sum())
+                if drawn > n:
+                    logger.warning("BlendCorpus: shard %s is drawn %d times per epoch for %d samples; samples repeat "
+                                   "(%.2f passes).", self.entries[s].prefix, drawn, n, drawn / n)
+                elif drawn < n:
+                    logger.info("BlendCorpus: shard %s is drawn %d times per epoch for %d samples (%.2f of a pass; "
+                                "its weight is below its size share).", self.entries[s].prefix, drawn, n, drawn / n)
+                out[where[sel], 2] = perms[s][draw[sel] % n]
+        return out
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.blend)
+
+    @property
+    def data_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.arange(len(self.blend))
+
+    def sample(self, index: int) -> np.ndarray:
+        corpus, shard, k = self.blend[index]
+        self._row_corpora.append(int(corpus))
+        return self.shards[int(shard)].sample(int(k))
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        self._row_corpora.clear()
+        for batch in super().__iter__():
+            # GlobalOrderLoader reads the batch's rows through sample(), in row order.
+            self.last_corpus_ids = torch.tensor(self._row_corpora[-self.local_batch_size :], dtype=torch.long)
+            self._row_corpora.clear()
+            yield batch
+
+
+def _atomic_save(cache: Path, path: Path, array: np.ndarray, description_path: Path, parts: dict[str, Any]) -> None:
+    """Write via temporary files and rename, so concurrent ranks never read half a cache."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for target, write in ((description_path, lambda f: f.write(json.dumps(parts, indent=2, default=str).encode())),
+                          (path, lambda f: np.save(f, array))):
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+
+
+def build_blendcorpus_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> BlendCorpusLoader:
+    """``training.dataset = "blendcorpus"``: check every ``[blendcorpus]`` field against training's, build."""
+    t, b = job_config.training, job_config.blendcorpus
+    file_list = t.dataset_path or b.data_file_list
+    if t.dataset_path and b.data_file_list and Path(t.dataset_path) != Path(b.data_file_list):
+        raise ConfigError(f"training.dataset_path = '{t.dataset_path}' and blendcorpus.data_file_list = "
+                          f"'{b.data_file_list}' disagree; set one of them (or both the same).")
+    if not file_list:
+        raise ConfigError("training.dataset = 'blendcorpus' needs a file list: set training.dataset_path "
+                          "(or blendcorpus.data_file_list) to a '<weight> <prefix> <corpus>' file.")
+    for key, value, theirs, their_key in (("seq_length", b.seq_length, t.seq_len, "training.seq_len"),
+                                          ("micro_batch_size", b.micro_batch_size, t.local_batch_size, "training.local_batch_size")):
+        if value not in (0, theirs):
+            raise ConfigError(f"blendcorpus.{key} = {value} differs from {their_key} = {theirs}. Set it to 0 "
+                              f"(use {their_key}) or to the same value; the loader cannot serve another size.")
+    if b.num_workers != 0:
+        raise ConfigError(f"blendcorpus.num_workers = {b.num_workers}: only 0 (read in the training process) "
+                          f"is supported yet.")
+    if b.dataloader_type != "single":
+        raise ConfigError(f"blendcorpus.dataloader_type = '{b.dataloader_type}': only 'single' (Megatron's "
+                          f"sequential sampler over the global order) is supported; 'cyclic' is not.")
+    if b.provide_attention_mask:
+        raise ConfigError("blendcorpus.provide_attention_mask = true is not supported: torchtitan's Trainer "
+                          "passes extra input keys to the model forward, which llama3 rejects. Use the "
+                          "model's document-masked attention instead.")
+    return BlendCorpusLoader(
+        file_list=file_list, seq_len=t.seq_len, local_batch_size=t.local_batch_size, dp_rank=dp_rank,
+        dp_world_size=dp_world_size, split=b.split, shuffle_sample_in_corpus=b.shuffle_sample_in_corpus,
+        blend_sample_in_corpus=b.blend_sample_in_corpus, append_eod=b.append_eod, eod_token_id=b.eod_token_id,
+        seed=b.seed, cache_dir=b.data_cache_path or None,
+    )

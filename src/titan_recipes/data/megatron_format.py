@@ -1,0 +1,144 @@
+"""Megatron-LM's indexed dataset format (``<prefix>.bin`` + ``<prefix>.idx``), written and read here.
+
+Byte-compatible with ``megatron.core.datasets.indexed_dataset`` (IndexedDatasetBuilder / IndexedDataset,
+checked both ways in tests/unit/data/test_megatron_format.py). Layout of the ``.idx`` file, little
+endian::
+
+    magic      9 bytes   b"MMIDIDX\\x00\\x00"
+    version    uint64    1
+    dtype      uint8     token dtype code (DTYPE_CODES)
+    n_seq      uint64    number of sequences
+    n_doc      uint64    number of entries of document_indices (documents + 1)
+    lengths    int32[n_seq]   tokens per sequence
+    pointers   int64[n_seq]   byte offset of each sequence in the .bin
+    doc_index  int64[n_doc]   sequence index where each document starts, then n_seq
+
+The ``.bin`` file is the token ids of all sequences back to back. Megatron's preprocess_data.py writes
+one sequence per document (its EOD token appended), as :class:`MegatronWriter` does.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .common import DataError
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+DTYPE_CODES: dict[int, type] = {
+    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+}
+_CODE_OF = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
+_HEADER = struct.Struct("<9sQBQQ")
+
+
+def token_dtype(vocab_size: int) -> type:
+    """Megatron's choice (``DType.optimal_dtype``): uint16 below 65500 ids, else int32."""
+    return np.uint16 if vocab_size is not None and vocab_size < 65500 else np.int32
+
+
+def idx_path(prefix: str | Path) -> Path:
+    return Path(f"{prefix}.idx")
+
+
+def bin_path(prefix: str | Path) -> Path:
+    return Path(f"{prefix}.bin")
+
+
+class MegatronWriter:
+    """Write one ``.bin``/``.idx`` pair; ``add_document`` per document, then ``finalize`` (or ``with``)."""
+
+    def __init__(self, prefix: str | Path, dtype: type = np.uint16):
+        if np.dtype(dtype) not in _CODE_OF:
+            raise ValueError(f"dtype {dtype} is not a Megatron token dtype ({sorted(map(str, _CODE_OF))})")
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        self.prefix.parent.mkdir(parents=True, exist_ok=True)
+        self._bin = open(bin_path(prefix), "wb")
+        self.lengths: list[int] = []
+        self.num_tokens = 0
+
+    def add_document(self, ids) -> None:
+        arr = np.asarray(ids)
+        if arr.size and (arr.min() < np.iinfo(self.dtype).min or arr.max() > np.iinfo(self.dtype).max):
+            raise ValueError(f"{bin_path(self.prefix)}: token ids out of range for {self.dtype}")
+        self._bin.write(arr.astype(self.dtype).tobytes(order="C"))
+        self.lengths.append(int(arr.size))
+        self.num_tokens += int(arr.size)
+
+    def finalize(self) -> None:
+        self._bin.close()
+        lengths = np.asarray(self.lengths, dtype=np.int32)
+        pointers = np.zeros(len(lengths), dtype=np.int64)
+        if len(lengths):
+            pointers[1:] = np.cumsum(lengths[:-1].astype(np.int64)) * self.dtype.itemsize
+        doc_index = np.arange(len(lengths) + 1, dtype=np.int64)
+        with open(idx_path(self.prefix), "wb") as f:
+            f.write(_HEADER.pack(MAGIC, VERSION, _CODE_OF[self.dtype], len(lengths), len(doc_index)))
+            f.write(lengths.tobytes(order="C"))
+            f.write(pointers.tobytes(order="C"))
+            f.write(doc_index.tobytes(order="C"))
+
+    def __enter__(self) -> "MegatronWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self._bin.close()
+
+
+class MegatronShard:
+    """Read-only view of one ``.bin``/``.idx`` pair; validated on open, errors name the file.
+
+    ``len(shard)`` is the number of sequences (one per document as written by Megatron and by
+    :class:`MegatronWriter`); ``shard[i]`` is sequence ``i``'s tokens (a memory-mapped array).
+    """
+
+    def __init__(self, prefix: str | Path):
+        self.prefix = Path(prefix)
+        idx, bin_ = idx_path(prefix), bin_path(prefix)
+        if not idx.is_file():
+            raise DataError(f"Megatron index file missing: {idx} (expected beside {bin_}). Re-run the tokenizer "
+                            f"(scripts/blendcorpus.py tokenize) or fix the path prefix in the file list.")
+        if not bin_.is_file():
+            raise DataError(f"Megatron data file missing: {bin_} (its index {idx} exists).")
+        raw = idx.read_bytes()
+        if len(raw) < _HEADER.size:
+            raise DataError(f"bad header, cannot read: {idx} is {len(raw)} bytes, shorter than the header.")
+        magic, version, code, n_seq, n_doc = _HEADER.unpack_from(raw)
+        if magic != MAGIC:
+            raise DataError(f"bad header, cannot read: {idx} starts with {magic!r}, not the Megatron magic {MAGIC!r}.")
+        if version != VERSION:
+            raise DataError(f"{idx}: index version {version} is not supported (only {VERSION}).")
+        if code not in DTYPE_CODES:
+            raise DataError(f"{idx}: unknown token dtype code {code} (known: {sorted(DTYPE_CODES)}).")
+        self.dtype = np.dtype(DTYPE_CODES[code])
+        need = _HEADER.size + 4 * n_seq + 8 * n_seq + 8 * n_doc
+        if len(raw) < need:
+            raise DataError(f"{idx} is truncated: {len(raw)} bytes, the header announces {n_seq} sequences and "
+                            f"{n_doc} document indices ({need} bytes).")
+        off = _HEADER.size
+        self.sequence_lengths = np.frombuffer(raw, np.int32, n_seq, off)
+        self.sequence_pointers = np.frombuffer(raw, np.int64, n_seq, off + 4 * n_seq)
+        self.document_indices = np.frombuffer(raw, np.int64, n_doc, off + 12 * n_seq)
+        expected = int(self.sequence_lengths.astype(np.int64).sum()) * self.dtype.itemsize
+        actual = bin_.stat().st_size
+        if actual < expected:
+            raise DataError(f"{bin_} is truncated: {actual} bytes, its index {idx} needs {expected}.")
+        self._bin = np.memmap(bin_, dtype=self.dtype, mode="r") if actual else np.zeros(0, self.dtype)
+
+    def __len__(self) -> int:
+        return len(self.sequence_lengths)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sequence_lengths.astype(np.int64).sum())
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = int(self.sequence_pointers[i]) // self.dtype.itemsize
+        return self._bin[start : start + int(self.sequence_lengths[i])]
