@@ -7,10 +7,12 @@ same global sample order with nothing lost or repeated; a fingerprint mismatch r
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,6 +28,25 @@ class DataError(RuntimeError):
 
 class FingerprintMismatchError(DataError):
     """A checkpoint was written for other data (or another data order) than the configured one."""
+
+
+def iter_jsonl_texts(path: Path) -> Iterator[str]:
+    """The ``text`` field of each non-blank line of a JSONL (or .jsonl.gz) file, streamed.
+    A line that is not a JSON object with a string ``text`` is a DataError naming ``file:line``."""
+    if not path.is_file():
+        raise DataError(f"Input file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
+            yield text
 
 
 def fingerprint(**parts: Any) -> str:

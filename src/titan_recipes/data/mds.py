@@ -105,7 +105,6 @@ Not in this slice: ``num_workers > 0``,
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -124,7 +123,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from ..config import ConfigError
-from .common import DataError, GlobalOrderLoader, fingerprint
+from .common import DataError, GlobalOrderLoader, fingerprint, iter_jsonl_texts
 
 if TYPE_CHECKING:
     from streaming.base.stream import Stream
@@ -235,22 +234,8 @@ def _stub_getattr(package: str):
 # ---------------------------------------------------------------------------------------------------
 
 
-def iter_documents(path: Path) -> Iterator[str]:
-    """The ``text`` field of each non-blank line of a JSONL (or .jsonl.gz) file, streamed."""
-    if not path.is_file():
-        raise DataError(f"Input file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
-            yield text
+iter_documents = iter_jsonl_texts
+"""The ``text`` field of each non-blank line of a JSONL (or .jsonl.gz) file, streamed."""
 
 
 @dataclass

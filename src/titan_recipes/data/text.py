@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torchtitan.components.tokenizer import BaseTokenizer
 
-from .common import DataError, GlobalOrderLoader, fingerprint
+from .common import DataError, GlobalOrderLoader, fingerprint, iter_jsonl_texts
 
 logger = logging.getLogger(__name__)
 
@@ -69,31 +68,15 @@ def resolve_text_path(dataset: str, dataset_path: str | None) -> Path:
     return path
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def read_documents(path: Path, separator: str) -> list[str]:
-    """Documents of a .txt (split on ``separator``) or .jsonl (``text`` field per line) file."""
+    """Documents of a .txt (split on ``separator``) or .jsonl (``text`` field per line) file; .gz allowed."""
     if not path.is_file():
         raise DataError(f"Dataset file not found: {path}")
-    name = path.name.removesuffix(".gz")
-    with _open_text(path) as f:
-        if name.endswith(".jsonl"):
-            docs = []
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
-                if not isinstance(text, str):
-                    raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
-                docs.append(text)
-        else:
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        docs = list(iter_jsonl_texts(path))
+    else:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
             docs = [d for d in f.read().split(separator) if d.strip()]
     if not docs:
         raise DataError(f"{path} contains no documents.")
