@@ -1,11 +1,11 @@
 """nox sessions for titan-recipes. All sessions share one pinned environment in ``.venv``.
 
-    nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1.5 min)
-    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~8 min)
-    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~3 min)
+    nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1 min)
+    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~5.5 min)
+    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~3.5 min)
     nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (~2.5 min)
 
-Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~1.5 min
+Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~2 min
 (``pip install --no-deps -r env/cpu.lock``). The environment is rebuilt only when env/cpu.lock or
 pyproject.toml change (a hash is kept in .venv). Sessions run with venv_backend="none" and call the
 .venv interpreter, because nox would otherwise build one multi-GB environment per session.
@@ -46,7 +46,7 @@ def pinned_env(session: nox.Session) -> str:
     if not PY.exists():
         session.log(f"creating {VENV} with {sys.executable}")
         session.run(sys.executable, "-m", "venv", str(VENV), external=True)
-    session.log("installing the pinned CPU environment (env/cpu.lock), ~1.5 min the first time")
+    session.log("installing the pinned CPU environment (env/cpu.lock), ~2 min the first time")
     session.run(str(PY), "-m", "pip", "install", "--no-deps", "-r", str(LOCK), external=True)
     session.run(str(PY), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT), external=True)
     STAMP.write_text(wanted + "\n")
