@@ -2,7 +2,7 @@
 
     nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1 min)
     nox -s tests       the whole test suite: unit tests + real CPU training runs          (~5.5 min)
-    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~3.5 min)
+    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~4 min)
     nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (~2.5 min)
 
 Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~2 min
