@@ -100,8 +100,10 @@ class MosaicDataset:
     Part of the fingerprint."""
 
     predownload: int = -1
-    """Samples to prepare ahead of reading. Only -1 (off) is accepted: shards are read (and remote
-    ones downloaded) on demand; other values raise ConfigError."""
+    """Samples of this rank's order to prepare ahead of reading: a background thread downloads (remote
+    streams) and decompresses (compressed shards) the shards of the next ``predownload`` samples while
+    training runs. -1 (default) or 0: off, a shard is prepared when its first sample is read.
+    Does not change the data order or the fingerprint."""
 
 
 @dataclass
@@ -111,8 +113,19 @@ class MosaicDataloader:
     another DP degree continues the same sample order."""
 
     num_workers: int = 0
-    """Loader worker processes per rank. Only 0 (read in the training process) is supported yet;
-    other values raise ConfigError."""
+    """Loader worker processes per rank (0: read in the training process). Workers read whole
+    micro-batches of the same global order, so losses and checkpoints do not depend on it. For
+    ``training.dataset = "mds"`` these four keys replace torchtitan's ``[training.dataloader]``."""
+
+    prefetch_factor: int = -1
+    """Micro-batches each worker reads ahead (-1: torch's default, 2). Needs num_workers > 0."""
+
+    pin_memory: bool = False
+    """Pin batches in page-locked memory for faster copies to the GPU (no effect without CUDA)."""
+
+    persistent_workers: bool = False
+    """Accepted as in torch's DataLoader; the training loader is iterated once per launch, so its
+    workers live for the whole launch either way. Needs num_workers > 0."""
 
     dataset: MosaicDataset = field(default_factory=MosaicDataset)
     """The data and its order: ``[mosaic_dataloader.dataset]``."""
@@ -123,6 +136,21 @@ class MosaicDataloader:
     ``dataset.streams``; no weights). Read once per validation run, every sample once in config and
     index order, unshuffled, cut by DP rank, with ``validation.seq_len`` (must match the conversion)
     and ``validation.local_batch_size``. TOML only."""
+
+
+@dataclass
+class MosaicTokenizer:
+    """``[mosaic_tokenizer]`` (the Mosaic seed's table): the tokenizer of the MDS data, for
+    ``training.dataset = "mds"``. Unset: ``model.hf_assets_path``."""
+
+    name: str = ""
+    """A local tokenizer, in the ``model.tokenizer_backend`` format (a directory with tokenizer.json, or
+    a SentencePiece model). Replaces ``model.hf_assets_path`` for the tokenizer; nothing is downloaded
+    from a hub. The MDS data's recorded tokenizer (conversion.json) must match it."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Tokenizer options. Only ``model_max_length`` is honoured (it must be >= training.seq_len); other
+    keys are a ConfigError, since the MDS data is tokenized already."""
 
 
 @dataclass
@@ -143,7 +171,8 @@ class BlendCorpus:
     """Samples per rank per step. 0: use ``training.local_batch_size``; any other value must equal it."""
 
     num_workers: int = 0
-    """Loader worker processes per rank. Only 0 (read in the training process) is supported yet."""
+    """Loader worker processes per rank (0: the value of ``training.dataloader.num_workers``). The
+    other worker settings (prefetch_factor, pin_memory) come from ``[training.dataloader]``."""
 
     split: str = "98,1,1"
     """Train/valid/test shares of each shard's documents (contiguous ranges, Megatron's rounding). The
@@ -199,6 +228,7 @@ class JobConfig:
     text_data: TextData = field(default_factory=TextData)
     launch: Launch = field(default_factory=Launch)
     mosaic_dataloader: MosaicDataloader = field(default_factory=MosaicDataloader)
+    mosaic_tokenizer: MosaicTokenizer = field(default_factory=MosaicTokenizer)
     blendcorpus: BlendCorpus = field(default_factory=BlendCorpus)
 
 

@@ -131,33 +131,35 @@ def canonical_backend(name: str | None) -> str:
     )
 
 
-def resolve_sp_model(path: str | Path) -> Path:
-    """The ``.model`` file named by ``model.hf_assets_path`` (a file, or a directory with tokenizer.model)."""
+def resolve_sp_model(path: str | Path, setting: str = "model.hf_assets_path") -> Path:
+    """The ``.model`` file named by ``setting`` (a file, or a directory with tokenizer.model)."""
     p = Path(path)
     if p.is_dir():
         candidate = p / SP_MODEL_FILE
         if not candidate.is_file():
             raise ConfigError(
-                f"model.hf_assets_path = '{path}' is a directory without {SP_MODEL_FILE}; "
+                f"{setting} = '{path}' is a directory without {SP_MODEL_FILE}; "
                 f"model.tokenizer_backend selects SentencePiece. Put the .model file there (or point "
-                f"model.hf_assets_path at it), or set model.tokenizer_backend = 'hf' for tokenizer.json."
+                f"{setting} at it), or set model.tokenizer_backend = 'hf' for tokenizer.json."
             )
         return candidate
     if not p.is_file():
         raise ConfigError(
-            f"Tokenizer not found: model.hf_assets_path = '{path}'. For the SentencePiece backend point it "
+            f"Tokenizer not found: {setting} = '{path}'. For the SentencePiece backend point it "
             f"at a .model file or a directory containing {SP_MODEL_FILE}."
         )
     return p
 
 
-def build_tokenizer_for_backend(backend: str | None, path: str | Path) -> BaseTokenizer:
-    """The tokenizer for ``model.tokenizer_backend = backend`` and ``model.hf_assets_path = path``."""
+def build_tokenizer_for_backend(
+    backend: str | None, path: str | Path, setting: str = "model.hf_assets_path"
+) -> BaseTokenizer:
+    """The tokenizer for ``model.tokenizer_backend = backend`` at ``path``, the value of ``setting``."""
     kind = canonical_backend(backend)
     if kind == "sp":
-        return SentencePieceTokenizer(resolve_sp_model(path))
+        return SentencePieceTokenizer(resolve_sp_model(path, setting))
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
     from .tokenizer import check_hf_assets_path
 
-    return HuggingFaceTokenizer(str(check_hf_assets_path(str(path))))
+    return HuggingFaceTokenizer(str(check_hf_assets_path(str(path), setting)))

@@ -47,8 +47,11 @@ def trainer_class():
             if self.tokenizer is not None and vocab is not None:
                 n = self.tokenizer.get_vocab_size()
                 if n > vocab:
+                    from .tokenizer import tokenizer_path
+
+                    path, setting = tokenizer_path(self.job_config)
                     raise ConfigError(
-                        f"The tokenizer at model.hf_assets_path has {n} tokens but model flavor "
+                        f"The tokenizer at {setting} = '{path}' has {n} tokens but model flavor "
                         f"'{self.job_config.model.flavor}' has vocab_size {vocab}: token ids would index "
                         f"past the embedding. Use a tokenizer with at most {vocab} tokens or another flavor."
                     )

@@ -74,10 +74,14 @@ def _checkpoint_tensors(step_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_checkpoint_resume_is_exact(uninterrupted, tmp_path):
     """Stop at step 10 (full checkpoint), relaunch in the same directory: steps 11-20 and the final
-    weights equal the uninterrupted run exactly."""
+    weights equal the uninterrupted run exactly. The first launch reads with 2 loader worker
+    processes, the second (and the uninterrupted run) in the training process: workers change
+    neither the batches nor the checkpointed data state."""
     run_dir = tmp_path / "resumed"
-    first = launch(DEBUG_RECIPE, 1, run_dir, "--training.steps", str(STEPS), "--launch.stop_at_step", str(INTERVAL))
+    first = launch(DEBUG_RECIPE, 1, run_dir, "--training.steps", str(STEPS), "--launch.stop_at_step", str(INTERVAL),
+                   "--training.dataloader.num_workers", "2")
     assert_ok(first)
+    assert "reading with 2 worker process(es)" in first.stdout
     assert (run_dir / "checkpoint" / f"step-{INTERVAL}").is_dir()
     assert not (run_dir / "checkpoint" / f"step-{STEPS}").exists()
 

@@ -78,3 +78,50 @@ def test_bos_and_eos_wrap_a_document(built_tokenizer):
     assert built_tokenizer.bos_id != built_tokenizer.eos_id
     assert wrapped == [built_tokenizer.bos_id, *plain, built_tokenizer.eos_id]
     assert built_tokenizer.decode(wrapped, skip_special_tokens=True) == "Fair is foul."
+
+
+# -- [mosaic_tokenizer] ------------------------------------------------------------------------------
+
+
+def mds_job(tmp_path, name="", kwargs=None, dataset="mds", hf_assets_path=None):
+    from titan_recipes.config import MosaicTokenizer
+
+    return SimpleNamespace(
+        model=SimpleNamespace(hf_assets_path=hf_assets_path or str(tmp_path / "not_used"), tokenizer_backend="hf"),
+        training=SimpleNamespace(dataset=dataset, seq_len=256),
+        mosaic_tokenizer=MosaicTokenizer(name=name, kwargs=kwargs or {}),
+    )
+
+
+def test_mosaic_tokenizer_name_replaces_hf_assets_path_for_mds(tmp_path):
+    tokenizer = build_tokenizer(mds_job(tmp_path, name=str(TOKENIZER_DIR), kwargs={"model_max_length": 4096}))
+    assert tokenizer.get_vocab_size() == 2048
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, dataset, match",
+    [
+        ("absent", {}, "mds", r"mosaic_tokenizer.name = '.*absent'"),
+        (str(TOKENIZER_DIR), {}, "tinyshakespeare", r"\[mosaic_tokenizer\] is set but training.dataset = 'tinyshakespeare'"),
+        (str(TOKENIZER_DIR), {"padding_side": "left"}, "mds", r"mosaic_tokenizer.kwargs \['padding_side'\] are not supported"),
+        (str(TOKENIZER_DIR), {"model_max_length": 128}, "mds", r"model_max_length = 128 is below training.seq_len = 256"),
+    ],
+    ids=["missing", "not_mds", "unknown_kwarg", "too_short"],
+)
+def test_mosaic_tokenizer_errors_name_the_key(tmp_path, name, kwargs, dataset, match):
+    job = mds_job(tmp_path, name=str(tmp_path / name) if name == "absent" else name, kwargs=kwargs, dataset=dataset)
+    with pytest.raises(ConfigError, match=match):
+        build_tokenizer(job)
+
+
+def test_mosaic_tokenizer_parses_from_toml(tmp_path):
+    from torchtitan.config import ConfigManager
+
+    toml = tmp_path / "train.toml"
+    toml.write_text(
+        '[job]\ncustom_config_module = "titan_recipes.config"\n[training]\ndataset = "mds"\n'
+        f'[mosaic_tokenizer]\nname = "{TOKENIZER_DIR}"\nkwargs = {{ model_max_length = 2048 }}\n'
+    )
+    config = ConfigManager().parse_args(["--job.config_file", str(toml)])
+    assert config.mosaic_tokenizer.name == str(TOKENIZER_DIR)
+    assert config.mosaic_tokenizer.kwargs == {"model_max_length": 2048}

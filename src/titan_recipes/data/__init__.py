@@ -9,7 +9,7 @@ from torchtitan.components.tokenizer import BaseTokenizer
 
 from ..config import ConfigError
 from .blend import build_blendcorpus_loader
-from .common import DataError, FingerprintMismatchError, GlobalOrderLoader
+from .common import DataError, FingerprintMismatchError, GlobalOrderLoader, Workers, training_workers
 from .mds import build_mds_loader
 from .text import EMBEDDED_DATASETS, PackedTextLoader, resolve_text_path
 
@@ -31,6 +31,7 @@ def build_text_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer
         seed=job_config.text_data.seed,
         separator=job_config.text_data.document_separator,
         name=training.dataset,
+        workers=training_workers(job_config),
     )
 
 
@@ -63,6 +64,7 @@ __all__ = [
     "DataError",
     "FingerprintMismatchError",
     "GlobalOrderLoader",
+    "Workers",
     "PackedTextLoader",
     "build_dataloader",
 ]

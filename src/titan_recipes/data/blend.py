@@ -34,6 +34,7 @@ extra input keys to the model's forward as keyword arguments, which llama3 rejec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ import torch
 import xxhash
 
 from ..config import ConfigError
-from .common import DataError, GlobalOrderLoader, fingerprint
+from .common import DataError, GlobalOrderLoader, Workers, fingerprint, training_workers
 from .megatron_format import MegatronShard
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,11 @@ class BlendCorpusLoader(GlobalOrderLoader):
         seed: int = 1234,
         cache_dir: str | Path | None = None,
         split_index: int = 0,
+        workers: Workers | None = None,
     ):
         super().__init__(name=f"blendcorpus-{SPLIT_NAMES.get(split_index, split_index)}",
-                         local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size)
+                         local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size,
+                         workers=workers)
         if append_eod and eod_token_id < 0:
             raise ConfigError("blendcorpus.append_eod = true needs blendcorpus.eod_token_id >= 0 (the id to append).")
         self.entries = parse_file_list(file_list)
@@ -222,7 +225,6 @@ class BlendCorpusLoader(GlobalOrderLoader):
         self.corpus_names = list(dict.fromkeys(e.corpus for e in self.entries))
         self.last_corpus_ids: torch.Tensor | None = None
         """Corpus (index into ``corpus_names``) of each row of the batch last yielded; None before."""
-        self._row_corpora: list[int] = []
         self.seq_len = seq_len
         parts = dict(
             # Content, not location: moving the data keeps the fingerprint (and a resume) valid.
@@ -291,16 +293,13 @@ class BlendCorpusLoader(GlobalOrderLoader):
         return np.arange(len(self.blend))
 
     def sample(self, index: int) -> np.ndarray:
-        corpus, shard, k = self.blend[index]
-        self._row_corpora.append(int(corpus))
+        _, shard, k = self.blend[index]
         return self.shards[int(shard)].sample(int(k))
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        self._row_corpora.clear()
         for batch in super().__iter__():
-            # GlobalOrderLoader reads the batch's rows through sample(), in row order.
-            self.last_corpus_ids = torch.tensor(self._row_corpora[-self.local_batch_size :], dtype=torch.long)
-            self._row_corpora.clear()
+            # The rows' sample ids are blend entries (corpus, shard, sample).
+            self.last_corpus_ids = torch.from_numpy(np.asarray(self.blend[self.last_sample_ids][:, 0], np.int64))
             yield batch
 
 
@@ -330,9 +329,12 @@ def build_blendcorpus_loader(dp_world_size: int, dp_rank: int, tokenizer, job_co
         if value not in (0, theirs):
             raise ConfigError(f"blendcorpus.{key} = {value} differs from {their_key} = {theirs}. Set it to 0 "
                               f"(use {their_key}) or to the same value; the loader cannot serve another size.")
-    if b.num_workers != 0:
-        raise ConfigError(f"blendcorpus.num_workers = {b.num_workers}: only 0 (read in the training process) "
-                          f"is supported yet.")
+    workers = training_workers(job_config)
+    if b.num_workers:
+        if workers.num_workers not in (0, b.num_workers):
+            raise ConfigError(f"blendcorpus.num_workers = {b.num_workers} and training.dataloader.num_workers = "
+                              f"{workers.num_workers} disagree; set one of them.")
+        workers = dataclasses.replace(workers, num_workers=b.num_workers, setting="blendcorpus")
     if b.dataloader_type != "single":
         raise ConfigError(f"blendcorpus.dataloader_type = '{b.dataloader_type}': only 'single' (Megatron's "
                           f"sequential sampler over the global order) is supported; 'cyclic' is not.")
@@ -344,5 +346,5 @@ def build_blendcorpus_loader(dp_world_size: int, dp_rank: int, tokenizer, job_co
         file_list=file_list, seq_len=t.seq_len, local_batch_size=t.local_batch_size, dp_rank=dp_rank,
         dp_world_size=dp_world_size, split=b.split, shuffle_sample_in_corpus=b.shuffle_sample_in_corpus,
         blend_sample_in_corpus=b.blend_sample_in_corpus, append_eod=b.append_eod, eod_token_id=b.eod_token_id,
-        seed=b.seed, cache_dir=b.data_cache_path or None,
+        seed=b.seed, cache_dir=b.data_cache_path or None, workers=workers,
     )

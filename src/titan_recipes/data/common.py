@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,6 +57,75 @@ def fingerprint(**parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Workers:
+    """How a loader reads its micro-batches: in the training process (``num_workers = 0``) or in
+    ``num_workers`` worker processes of a ``torch.utils.data.DataLoader``. torchtitan's
+    ``[training.dataloader]`` names and meanings."""
+
+    num_workers: int = 0
+    prefetch_factor: int | None = None
+    """Micro-batches each worker reads ahead (torch's default 2 when None). Needs num_workers > 0."""
+    pin_memory: bool = False
+    """Pin batches in page-locked memory for faster host-to-GPU copies; has no effect without CUDA."""
+    persistent_workers: bool = False
+    """Accepted for torchtitan compatibility. The training loader is iterated once per launch, so its
+    workers live for the whole launch either way."""
+    setting: str = field(default="training.dataloader", compare=False)
+    """The config table these came from, for error messages."""
+
+    def __post_init__(self) -> None:
+        from ..config import ConfigError
+
+        if self.num_workers < 0:
+            raise ConfigError(f"{self.setting}.num_workers must be >= 0, got {self.num_workers}.")
+        if self.num_workers == 0 and (self.prefetch_factor is not None or self.persistent_workers):
+            raise ConfigError(
+                f"{self.setting}.prefetch_factor / persistent_workers need num_workers > 0 (got "
+                f"prefetch_factor = {self.prefetch_factor}, persistent_workers = {self.persistent_workers} "
+                f"with num_workers = 0), as in torch's DataLoader."
+            )
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise ConfigError(f"{self.setting}.prefetch_factor must be >= 1, got {self.prefetch_factor}.")
+
+    @classmethod
+    def from_config(cls, section: Any, setting: str) -> "Workers":
+        return cls(
+            num_workers=section.num_workers,
+            prefetch_factor=section.prefetch_factor,
+            pin_memory=section.pin_memory,
+            persistent_workers=section.persistent_workers,
+            setting=setting,
+        )
+
+
+def training_workers(job_config: Any) -> Workers:
+    """torchtitan's ``[training.dataloader]`` worker settings (defaults if the config has none)."""
+    section = getattr(job_config.training, "dataloader", None)
+    return Workers() if section is None else Workers.from_config(section, "training.dataloader")
+
+
+class _MicroBatches(torch.utils.data.Dataset):
+    """Map-style view of a loader for torch's DataLoader: item ``consumed`` is this rank's micro-batch
+    that starts at global sample ``consumed``, as a (rows, sample ids) pair of arrays."""
+
+    def __init__(self, loader: "GlobalOrderLoader"):
+        self.loader = loader
+
+    def __getitem__(self, consumed: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.loader.read_micro_batch(consumed)
+
+
+class _CountFrom(torch.utils.data.Sampler):
+    """``start, start + step, start + 2 * step, ...`` without end: the micro-batch starts of a run."""
+
+    def __init__(self, start: int, step: int):
+        self.start, self.step = start, step
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start, self.step)
+
+
 class GlobalOrderLoader(BaseDataLoader):
     """Micro-batches cut from one global sample order ``g = 0, 1, 2, ...`` shared by all DP ranks.
 
@@ -63,6 +134,12 @@ class GlobalOrderLoader(BaseDataLoader):
     ``r``-th contiguous block of ``local_batch_size``. Global index ``g`` maps to epoch
     ``g // num_samples`` and position ``g % num_samples`` of that epoch's order. Going past the end
     of an epoch wraps into the next epoch (a new order when shuffling) and logs a warning.
+
+    With ``workers.num_workers > 0`` the micro-batches are read by a ``torch.utils.data.DataLoader``
+    whose sampler counts micro-batch starts from ``consumed_samples``; each worker computes the
+    epoch order itself and reads its micro-batches, and batches arrive in order. The state still
+    counts only batches handed to the trainer (not those prefetched), so a checkpoint and its resume
+    are the same with any number of workers.
 
     Checkpoint state (identical on every rank, so DCP stores it once and any DP degree can load it)::
 
@@ -73,7 +150,9 @@ class GlobalOrderLoader(BaseDataLoader):
 
     state_key = "global_order"
 
-    def __init__(self, *, name: str, local_batch_size: int, dp_rank: int, dp_world_size: int):
+    def __init__(
+        self, *, name: str, local_batch_size: int, dp_rank: int, dp_world_size: int, workers: Workers | None = None
+    ):
         if local_batch_size <= 0:
             raise ValueError(f"local batch size must be positive, got {local_batch_size}")
         if not 0 <= dp_rank < dp_world_size:
@@ -83,6 +162,9 @@ class GlobalOrderLoader(BaseDataLoader):
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
         self.consumed_samples = 0
+        self.workers = workers or Workers()
+        self.last_sample_ids: np.ndarray | None = None
+        """Sample ids (``epoch_order`` values) of the rows of the batch yielded last."""
         self._order_epoch = -1
         self._order: np.ndarray | None = None
 
@@ -109,11 +191,6 @@ class GlobalOrderLoader(BaseDataLoader):
     def global_index_to_sample(self, g: int) -> int:
         epoch, pos = divmod(g, self.num_samples)
         if epoch != self._order_epoch:
-            if epoch > 0:
-                logger.warning(
-                    "Dataset %s: entering epoch %d (%d samples per epoch); data will repeat.",
-                    self.name, epoch, self.num_samples,
-                )
             self._order = self.epoch_order(epoch)
             self._order_epoch = epoch
         return int(self._order[pos])
@@ -123,17 +200,64 @@ class GlobalOrderLoader(BaseDataLoader):
         start = consumed + self.dp_rank * self.local_batch_size
         return range(start, start + self.local_batch_size)
 
+    def read_micro_batch(self, consumed: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's rows ``[local_batch_size, seq_len + 1]`` (int64) of the micro-batch that starts
+        at global sample ``consumed``, and their sample ids. Runs in a worker when there are workers."""
+        ids = np.asarray([self.global_index_to_sample(g) for g in self.rank_indices(consumed)], np.int64)
+        rows = np.stack([self.sample(int(i)) for i in ids]).astype(np.int64)
+        return rows, ids
+
+    def before_batch(self, consumed: int) -> None:
+        """Called in the training process before the micro-batch at ``consumed`` is read (or, with
+        workers, before it is handed out). Subclasses use it to prepare data ahead; a no-op here."""
+
+    def _micro_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        step = self.local_batch_size * self.dp_world_size
+        w = self.workers
+        if w.num_workers == 0:
+            for consumed in itertools.count(self.consumed_samples, step):
+                self.before_batch(consumed)
+                yield self.read_micro_batch(consumed)
+            return
+        import torch.utils.data
+
+        loader = torch.utils.data.DataLoader(
+            _MicroBatches(self),
+            batch_size=None,
+            sampler=_CountFrom(self.consumed_samples, step),
+            num_workers=w.num_workers,
+            prefetch_factor=w.prefetch_factor,
+            pin_memory=w.pin_memory and torch.cuda.is_available(),
+            persistent_workers=w.persistent_workers,
+            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None,
+        )
+        logger.info(
+            "Dataset %s: reading with %d worker process(es), prefetch_factor %s, pin_memory %s",
+            self.name, w.num_workers, w.prefetch_factor or 2, w.pin_memory and torch.cuda.is_available(),
+        )
+        for consumed, (rows, ids) in zip(itertools.count(self.consumed_samples, step), loader):
+            self.before_batch(consumed)
+            yield rows.numpy() if isinstance(rows, torch.Tensor) else rows, ids.numpy() if isinstance(ids, torch.Tensor) else ids
+
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        epoch = self.rank_indices(self.consumed_samples)[0] // self.num_samples
         if self.consumed_samples:
             logger.info(
-                "Dataset %s resumes at global sample %d (epoch %d).",
-                self.name, self.consumed_samples, self.consumed_samples // self.num_samples,
+                "Dataset %s resumes at global sample %d (epoch %d of this rank's order).",
+                self.name, self.consumed_samples, epoch,
             )
-        while True:
-            rows = [self.sample(self.global_index_to_sample(g)) for g in self.rank_indices(self.consumed_samples)]
-            batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+        for rows, ids in self._micro_batches():
+            last = self.rank_indices(self.consumed_samples)[-1] // self.num_samples
+            if last > epoch:
+                epoch = last
+                logger.warning(
+                    "Dataset %s: entering epoch %d (%d samples per epoch); data will repeat.",
+                    self.name, epoch, self.num_samples,
+                )
+            self.last_sample_ids = ids
             # Advance before yielding: a checkpoint taken after this batch was consumed records it.
             self.consumed_samples += self.local_batch_size * self.dp_world_size
+            batch = torch.from_numpy(rows)
             yield {"input": batch[:, :-1]}, batch[:, 1:]
 
     # -- checkpointing ---------------------------------------------------------------------------

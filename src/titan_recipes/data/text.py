@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torchtitan.components.tokenizer import BaseTokenizer
 
-from .common import DataError, GlobalOrderLoader, fingerprint, iter_jsonl_texts
+from .common import DataError, GlobalOrderLoader, Workers, fingerprint, iter_jsonl_texts
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,14 @@ class PackedTextLoader(GlobalOrderLoader):
         seed: int = 1234,
         separator: str = "\n\n",
         name: str | None = None,
+        workers: Workers | None = None,
     ):
         super().__init__(
             name=name or path.name,
             local_batch_size=local_batch_size,
             dp_rank=dp_rank,
             dp_world_size=dp_world_size,
+            workers=workers,
         )
         docs = read_documents(path, separator)
         ids: list[int] = []

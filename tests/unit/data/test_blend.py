@@ -223,7 +223,7 @@ def test_blendcorpus_section_is_type_checked():
     "blend, match",
     [({"seq_length": 16}, r"blendcorpus.seq_length = 16 differs from training.seq_len = 8"),
      ({"micro_batch_size": 2}, r"blendcorpus.micro_batch_size = 2 differs from training.local_batch_size = 4"),
-     ({"num_workers": 2}, r"num_workers = 2"),
+     ({"num_workers": -1}, r"blendcorpus.num_workers must be >= 0"),
      ({"dataloader_type": "cyclic"}, r"dataloader_type = 'cyclic'"),
      ({"provide_attention_mask": True}, r"provide_attention_mask"),
      ({"append_eod": True}, r"eod_token_id >= 0"),

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from batches import write_jsonl, take, take_ranks, concat_ranks, assert_batches_equal, flat_ids
 
 from titan_recipes.config import ConfigError, MosaicDataloader, MosaicDataset, validate_job_config
 from titan_recipes.data import DATALOADERS, build_dataloader
@@ -38,9 +39,6 @@ B = 4  # local batch size of the 2-rank runs; the 1-rank equivalents use 2 * B
 SIZE_LIMIT = "2kb"  # ~20 samples of 17 tokens per shard: a few hundred samples make ~20 shards
 
 
-def write_jsonl(path: Path, docs: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -88,34 +86,14 @@ def make_ranks(directory, world: int, local_batch_size: int = B, **overrides) ->
     ]
 
 
-def take(loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    it = iter(loader)
-    out = []
-    for _ in range(n):
-        inputs, labels = next(it)
-        assert set(inputs) == {"input"}
-        out.append((inputs["input"], labels))
-    return out
 
 
-def take_ranks(loaders, n: int):
-    """``n`` micro-batches of every rank, stepped together: result[step][rank]."""
-    return [list(step) for step in zip(*(take(loader, n) for loader in loaders))]
 
 
-def concat_ranks(step):
-    return torch.cat([x for x, _ in step]), torch.cat([y for _, y in step])
 
 
-def assert_batches_equal(actual, expected):
-    assert len(actual) == len(expected)
-    for i, ((xa, ya), (xe, ye)) in enumerate(zip(actual, expected)):
-        assert torch.equal(xa, xe), f"inputs of batch {i} differ"
-        assert torch.equal(ya, ye), f"labels of batch {i} differ"
 
 
-def flat_ids(corpus, batches) -> list[int]:
-    return [k for x, y in batches for k in corpus.sample_ids(x, y)]
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
@@ -502,8 +480,8 @@ def test_mds_is_registered_and_built_from_the_config(mds_dir, other_dir):
         (dict(streams={"a": {"remote": "bucket/x", "local": "/y"}}), 0, r"streams.a.remote` must be a URL"),
         (dict(streams={"a": {"proportion": 1.0}}), 0, r"`mosaic_dataloader.dataset.streams.a.local`"),
         (dict(streams={"a": {"local": "/y", "proportion": "half"}}), 0, r"streams.a.proportion` must be a number"),
-        (dict(local="/x"), 2, "mosaic_dataloader.num_workers = 2"),
-        (dict(local="/x", predownload=64), 0, "mosaic_dataloader.dataset.predownload = 64"),
+        (dict(local="/x"), -1, r"mosaic_dataloader.num_workers must be >= 0"),
+        (dict(local="/x", predownload=-5), 0, r"mosaic_dataloader.dataset.predownload must be -1 \(off\) or >= 0, got -5"),
         (dict(local="/x", shuffle_algo="best"), 0, "shuffle_algo = 'best'"),
     ],
     ids=["neither", "both", "unknown_key", "remote", "no_local", "bad_weight", "workers", "predownload", "algo"],

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from batches import take, take_ranks, concat_ranks, assert_batches_equal, flat_ids
 
 from titan_recipes.config import ConfigError, TextData
 from titan_recipes.data import DATALOADERS, build_dataloader
@@ -54,36 +55,14 @@ def make_ranks(corpus, tokenizer, world: int, local_batch_size: int = B, **overr
     ]
 
 
-def take(loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The next ``n`` micro-batches as (inputs, labels)."""
-    it = iter(loader)
-    out = []
-    for _ in range(n):
-        inputs, labels = next(it)
-        assert set(inputs) == {"input"}
-        out.append((inputs["input"], labels))
-    return out
 
 
-def take_ranks(loaders, n: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``n`` micro-batches of every rank, stepped together: result[step][rank]."""
-    per_rank = [take(loader, n) for loader in loaders]
-    return [list(step) for step in zip(*per_rank)]
 
 
-def concat_ranks(step) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([x for x, _ in step]), torch.cat([y for _, y in step])
 
 
-def assert_batches_equal(actual, expected):
-    assert len(actual) == len(expected)
-    for i, ((xa, ya), (xe, ye)) in enumerate(zip(actual, expected)):
-        assert torch.equal(xa, xe), f"inputs of batch {i} differ"
-        assert torch.equal(ya, ye), f"labels of batch {i} differ"
 
 
-def flat_ids(corpus, batches) -> list[int]:
-    return [k for x, y in batches for k in corpus.sample_ids(x, y)]
 
 
 # -- a. determinism ----------------------------------------------------------------------------------

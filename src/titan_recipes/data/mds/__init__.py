@@ -98,8 +98,15 @@ order per data-parallel rank. Semantics, exactly:
 (``local``, optional ``remote``) once per validation run, unshuffled, cut by DP rank
 (:func:`build_mds_validation_loader`, :class:`MDSValidationLoader`).
 
-Not in this slice: ``num_workers > 0``,
-``predownload``, read-speed benchmark. Those settings raise ConfigError instead of being ignored.
+**Workers and predownload.** ``[mosaic_dataloader] num_workers / prefetch_factor / pin_memory /
+persistent_workers`` run the reads in torch DataLoader worker processes
+(:class:`~titan_recipes.data.common.Workers`): each worker reads whole micro-batches of the same
+global order, so batches, losses and checkpoints are identical with any number of workers, and a
+checkpoint written with one setting resumes exactly with another. ``dataset.predownload = N`` makes
+a background thread of the training process download/decompress the shards of this rank's next
+``N`` samples ahead of the reads (workers find them in ``local``). Nothing here uses streaming's
+shared memory, so runs on one node cannot collide there; ranks sharing a ``local`` cache serialise
+on its lock file.
 """
 
 from .compat import TESTED_STREAMING_VERSION, import_streaming

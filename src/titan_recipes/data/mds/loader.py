@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from ...config import ConfigError
-from ..common import DataError, GlobalOrderLoader, fingerprint
+from ..common import DataError, GlobalOrderLoader, Workers, fingerprint, training_workers
 from .compat import _remote_error, import_streaming
 from .writer import (
     CONVERSION_FILE,
@@ -87,10 +87,18 @@ class MDSLoader(GlobalOrderLoader):
         shuffle_block_size: int = 1 << 18,
         name: str = "mds",
         rank_streams: dict[int | str, Sequence[StreamSpec]] | None = None,
+        workers: Workers | None = None,
+        predownload: int = -1,
     ):
         super().__init__(
-            name=name, local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size
+            name=name, local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size,
+            workers=workers,
         )
+        if predownload < -1:
+            raise ConfigError(f"mosaic_dataloader.dataset.predownload must be -1 (off) or >= 0, got {predownload}.")
+        self.predownload = max(predownload, 0)
+        self._ahead: Any = None  # the predownload thread pool, made on first use (never pickled to workers)
+        self._ahead_pending: dict[int, Any] = {}
         if not streams:
             raise ConfigError("The MDS loader needs at least one stream.")
         if shuffle_seed < 0:
@@ -478,6 +486,38 @@ class MDSLoader(GlobalOrderLoader):
                         ) from e
         self._ready[shard_id] = True
 
+    def before_batch(self, consumed: int) -> None:
+        """``predownload``: queue the shards of this rank's next ``predownload`` samples for a
+        background thread that downloads/decompresses them (``_prepare``), so reads find them ready.
+        Failures there are logged and left to the read, which raises the DataError."""
+        if not self.predownload:
+            return
+        if self._ahead is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-predownload")
+            self._ahead_from = consumed
+        for shard_id, future in list(self._ahead_pending.items()):
+            if future.done():
+                del self._ahead_pending[shard_id]
+                if future.exception() is not None:
+                    logger.warning("Predownload of MDS shard %d failed (%s); it will be retried when read.",
+                                   shard_id, future.exception())
+        step = self.local_batch_size * self.dp_world_size
+        batches_ahead = -(-self.predownload // self.local_batch_size)
+        end = consumed + batches_ahead * step
+        for start in range(max(self._ahead_from, consumed), end, step):
+            for g in self.rank_indices(start):
+                shard_id, _ = self.spanner[self.global_index_to_sample(g)]
+                if not self._ready[shard_id] and shard_id not in self._ahead_pending:
+                    self._ahead_pending[shard_id] = self._ahead.submit(self._prepare, shard_id)
+        self._ahead_from = max(self._ahead_from, end)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)  # a thread pool cannot cross into a worker process
+        state.update(_ahead=None, _ahead_pending={})
+        return state
+
     def sample(self, index: int) -> np.ndarray:
         shard_id, row = self.spanner[index]
         if not self._ready[shard_id]:
@@ -601,8 +641,10 @@ def _parse_stream(name: str, fields: Any, key: str, allowed: Sequence[str]) -> S
     )
 
 
-def check_tokenizer_matches(specs: Sequence[StreamSpec], hf_assets_path: str | None) -> None:
-    """Refuse data tokenized with another tokenizer than ``model.hf_assets_path`` (when recorded)."""
+def check_tokenizer_matches(
+    specs: Sequence[StreamSpec], hf_assets_path: str | None, setting: str = "model.hf_assets_path"
+) -> None:
+    """Refuse data tokenized with another tokenizer than the one at ``hf_assets_path`` (when recorded)."""
     if not hf_assets_path:
         return
     configured = tokenizer_sha256(hf_assets_path)
@@ -617,24 +659,23 @@ def check_tokenizer_matches(specs: Sequence[StreamSpec], hf_assets_path: str | N
             raise DataError(
                 f"MDS stream '{spec.name}' ({spec.local}) was tokenized with {recorded.get('path')} "
                 f"(tokenizer.json sha256 {recorded['tokenizer_json_sha256'][:12]}...), but "
-                f"model.hf_assets_path = '{hf_assets_path}' has another tokenizer.json "
+                f"{setting} = '{hf_assets_path}' has another tokenizer.json "
                 f"({configured[:12]}...). Training would read the ids as other tokens. Point "
-                f"model.hf_assets_path at the conversion's tokenizer or convert the data again."
+                f"{setting} at the conversion's tokenizer or convert the data again."
             )
 
 
 def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> MDSLoader:
     """``training.dataset = "mds"``: the loader configured by ``[mosaic_dataloader]``."""
     cfg = job_config.mosaic_dataloader
-    if cfg.num_workers != 0:
+    workers = Workers(
+        num_workers=cfg.num_workers, prefetch_factor=None if cfg.prefetch_factor == -1 else cfg.prefetch_factor,
+        pin_memory=cfg.pin_memory, persistent_workers=cfg.persistent_workers, setting="mosaic_dataloader",
+    )
+    if training_workers(job_config) != Workers():
         raise ConfigError(
-            f"mosaic_dataloader.num_workers = {cfg.num_workers}: only 0 is supported yet (samples are "
-            f"read in the training process). Set it to 0."
-        )
-    if cfg.dataset.predownload != -1:
-        raise ConfigError(
-            f"mosaic_dataloader.dataset.predownload = {cfg.dataset.predownload}: prefetching is not "
-            f"implemented yet (local shards are read on demand, TODO(mds-remote)). Leave it at -1."
+            "training.dataset = 'mds' takes its worker settings from [mosaic_dataloader] (num_workers, "
+            "prefetch_factor, pin_memory, persistent_workers), not [training.dataloader]; move them there."
         )
     specs = stream_specs(cfg.dataset)
     rank_streams = non_iid_rank_streams(cfg.dataset, specs)
@@ -650,10 +691,20 @@ def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) ->
         shuffle_block_size=cfg.dataset.shuffle_block_size,
         name=job_config.training.dataset,
         rank_streams=rank_streams,
+        workers=workers,
+        predownload=cfg.dataset.predownload,
     )
     # After the loader: it downloads a remote stream's index.json and conversion.json into local.
-    check_tokenizer_matches(specs, getattr(job_config.model, "hf_assets_path", None))
+    check_tokenizer_matches(specs, *_tokenizer_setting(job_config))
     return loader
+
+
+def _tokenizer_setting(job_config) -> tuple[str | None, str]:
+    from ...tokenizer import tokenizer_path
+
+    if not hasattr(job_config, "mosaic_tokenizer"):
+        return getattr(job_config.model, "hf_assets_path", None), "model.hf_assets_path"
+    return tokenizer_path(job_config)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -734,5 +785,5 @@ def build_mds_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job
         dp_world_size=dp_world_size,
         name="mds_validation",
     )
-    check_tokenizer_matches(specs, getattr(job_config.model, "hf_assets_path", None))
+    check_tokenizer_matches(specs, *_tokenizer_setting(job_config))
     return loader

@@ -1,0 +1,189 @@
+"""Loader worker processes: the same batches, the same checkpoints, exact resume, with 0 or 2 workers.
+
+Every loader reads micro-batches of one global order (data/common.py). With ``num_workers > 0`` a
+torch DataLoader's worker processes read them; these tests compare, batch for batch with
+``torch.equal``, against the in-process reader, for DP 1 and 2, across an epoch boundary, and across
+a checkpoint written by one worker setting and loaded by another (or by another DP degree).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from batches import assert_batches_equal, concat_ranks, take, take_ranks, write_jsonl
+from conftest import TOKENIZER_DIR
+
+from titan_recipes.config import ConfigError, MosaicDataloader, MosaicDataset
+from titan_recipes.data import build_dataloader
+from titan_recipes.data.common import Workers
+from titan_recipes.data.mds import MDSLoader, StreamSpec, write_mds
+from titan_recipes.data.text import PackedTextLoader
+
+B = 4
+TWO = Workers(num_workers=2)
+
+
+@pytest.fixture(scope="module")
+def mds_dir(tmp_path_factory, corpus):
+    root = tmp_path_factory.mktemp("mds_workers")
+    jsonl = write_jsonl(root / "corpus.jsonl", corpus.docs)
+    write_mds([jsonl], TOKENIZER_DIR, corpus.seq_len, root / "zstd", compression="zstd", size_limit="2kb", progress=False)
+    return root / "zstd"
+
+
+def compressed_copy(mds_dir, dst):
+    """index.json and the .zstd shards only: no shard decompressed yet (other tests read mds_dir)."""
+    dst.mkdir()
+    for f in mds_dir.iterdir():
+        if f.name == "index.json" or f.suffix == ".zstd":
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def text_loader(corpus, tokenizer, rank=0, world=1, bs=B, workers=None):
+    return PackedTextLoader(path=corpus.path, tokenizer=tokenizer, seq_len=corpus.seq_len, local_batch_size=bs,
+                            dp_rank=rank, dp_world_size=world, workers=workers)
+
+
+def mds_loader(directory, rank=0, world=1, bs=B, workers=None, **kw):
+    return MDSLoader(streams=[StreamSpec("web", str(directory), setting="mosaic_dataloader.dataset.local")],
+                     seq_len=16, local_batch_size=bs, dp_rank=rank, dp_world_size=world, workers=workers, **kw)
+
+
+@pytest.fixture(params=["text", "mds"])
+def make(request, corpus, tokenizer, mds_dir):
+    if request.param == "text":
+        return lambda **kw: text_loader(corpus, tokenizer, **kw)
+    return lambda **kw: mds_loader(mds_dir, **kw)
+
+
+def steps_past_one_epoch(loader) -> int:
+    return loader.num_samples // (loader.local_batch_size * loader.dp_world_size) + 3
+
+
+def test_two_workers_give_the_in_process_batches_across_an_epoch(make):
+    n = steps_past_one_epoch(make())
+    assert_batches_equal(take(make(workers=TWO), n), take(make(), n))
+
+
+def test_two_workers_on_two_ranks_give_the_one_rank_order(make):
+    n = 6
+    ranks = take_ranks([make(rank=r, world=2, workers=TWO) for r in range(2)], n)
+    single = take(make(bs=2 * B), n)
+    assert_batches_equal([concat_ranks(step) for step in ranks], single)
+
+
+@pytest.mark.parametrize("before, after", [(0, 2), (2, 0), (2, 2)])
+def test_resume_is_exact_whatever_the_workers(make, before, after):
+    expected = take(make(), 9)
+    first = make(workers=Workers(num_workers=before) if before else None)
+    it = iter(first)
+    for _ in range(4):  # workers have read ahead (prefetch); the state counts only what was handed out
+        next(it)
+    state = first.state_dict()
+    del it
+    resumed = make(workers=Workers(num_workers=after) if after else None)
+    resumed.load_state_dict(state)
+    got = take(resumed, 5)
+    assert_batches_equal(got, expected[4:])
+
+
+def test_resume_from_two_ranks_with_workers_into_one_rank(make):
+    world2 = [make(rank=r, world=2, workers=TWO) for r in range(2)]
+    its = [iter(loader) for loader in world2]
+    for _ in range(3):
+        for it in its:
+            next(it)
+    states = [loader.state_dict() for loader in world2]
+    assert states[0] == states[1]  # global state: identical on every rank
+    one = make(bs=2 * B, workers=TWO)
+    one.load_state_dict(states[0])
+    assert_batches_equal(take(one, 4), take(make(bs=2 * B), 7)[3:])
+
+
+def test_a_data_error_in_a_worker_reaches_the_trainer(tmp_path, mds_dir):
+    broken = compressed_copy(mds_dir, tmp_path / "broken")
+    loader = mds_loader(broken, workers=TWO, shuffle=False)
+    (broken / "shard.00001.mds.zstd").write_bytes(b"not zstd")
+    it = iter(loader)
+    with pytest.raises(Exception, match="shard.00001.mds"):
+        for _ in range(loader.num_samples // B):
+            next(it)
+
+
+def test_epoch_wrap_is_logged_once_by_the_training_process(make, caplog):
+    loader = make(workers=TWO)
+    with caplog.at_level(logging.WARNING, logger="titan_recipes.data.common"):
+        take(loader, steps_past_one_epoch(loader))
+    assert [r.getMessage().split(":")[1].strip()[:16] for r in caplog.records if "entering epoch" in r.getMessage()] == [
+        "entering epoch 1"
+    ]
+
+
+def test_worker_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"mosaic_dataloader.prefetch_factor / persistent_workers need num_workers > 0"):
+        Workers(num_workers=0, prefetch_factor=4, setting="mosaic_dataloader")
+    with pytest.raises(ConfigError, match=r"training.dataloader.prefetch_factor must be >= 1"):
+        Workers(num_workers=2, prefetch_factor=0)
+
+
+def job(mds_dir, dataloader=None, **mosaic):
+    return SimpleNamespace(
+        training=SimpleNamespace(dataset="mds", dataset_path=None, seq_len=16, local_batch_size=B,
+                                 dataloader=dataloader or SimpleNamespace(num_workers=0, prefetch_factor=None,
+                                                                          pin_memory=False, persistent_workers=False)),
+        model=SimpleNamespace(hf_assets_path=str(TOKENIZER_DIR)),
+        mosaic_dataloader=MosaicDataloader(dataset=MosaicDataset(local=str(mds_dir)), **mosaic),
+    )
+
+
+def test_mosaic_dataloader_keys_configure_the_workers(mds_dir):
+    loader = build_dataloader(1, 0, None, job(mds_dir, num_workers=2, prefetch_factor=3, pin_memory=True))
+    assert loader.workers == Workers(num_workers=2, prefetch_factor=3, pin_memory=True)
+    assert_batches_equal(take(loader, 3), take(mds_loader(mds_dir), 3))
+
+
+def test_training_dataloader_keys_are_refused_for_mds(mds_dir):
+    other = SimpleNamespace(num_workers=4, prefetch_factor=None, pin_memory=False, persistent_workers=False)
+    with pytest.raises(ConfigError, match=r"takes its worker settings from \[mosaic_dataloader\]"):
+        build_dataloader(1, 0, None, job(mds_dir, dataloader=other))
+
+
+def test_text_loader_follows_training_dataloader(corpus, tokenizer):
+    workers = SimpleNamespace(num_workers=2, prefetch_factor=4, pin_memory=False, persistent_workers=True)
+    config = SimpleNamespace(
+        training=SimpleNamespace(dataset="text", dataset_path=str(corpus.path), seq_len=corpus.seq_len,
+                                 local_batch_size=B, dataloader=workers),
+        text_data=SimpleNamespace(shuffle=True, seed=1234, document_separator="\n\n"),
+    )
+    loader = build_dataloader(1, 0, tokenizer, config)
+    assert loader.workers == Workers(num_workers=2, prefetch_factor=4, persistent_workers=True)
+    assert_batches_equal(take(loader, 3), take(text_loader(corpus, tokenizer), 3))
+
+
+def test_predownload_prepares_upcoming_shards_in_the_background(tmp_path, mds_dir):
+    # A compressed local stream: "preparing" a shard means decompressing it next to the .zstd file.
+    data = compressed_copy(mds_dir, tmp_path / "data")
+    loader = mds_loader(data, shuffle=False, predownload=6 * B)
+    it = iter(loader)
+    next(it)  # reads shard 0 and queues the shards of the next 6 batches
+    deadline = time.monotonic() + 30
+    while loader._ahead_pending and time.monotonic() < deadline:
+        loader.before_batch(loader.consumed_samples)  # collects finished futures
+        time.sleep(0.05)
+    upcoming = {loader.spanner[int(i)][0] for i in range(B, 7 * B)}
+    assert len(upcoming) > 1
+    for shard_id in upcoming:
+        assert (data / loader.shards[shard_id].raw_data.basename).is_file(), f"shard {shard_id} not prepared ahead"
+    far = loader.spanner[loader.num_samples - 1][0]
+    assert far not in upcoming and not (data / loader.shards[far].raw_data.basename).exists()
+    # And the order is the in-process one.
+    rest = [next(it) for _ in range(6)]
+    expected = take(mds_loader(mds_dir, shuffle=False), 7)[1:]
+    assert all(torch.equal(x["input"], xe) and torch.equal(y, ye) for (x, y), (xe, ye) in zip(rest, expected))
+    assert loader.data_fingerprint == mds_loader(mds_dir, shuffle=False).data_fingerprint
