@@ -71,7 +71,8 @@ class MosaicDataset:
     an epoch has exactly the weighted count from each stream (streaming's ``Stream`` semantics).
     ``remote`` (e.g. ``"s3://bucket/prefix"``, endpoint from the ``S3_ENDPOINT_URL`` environment
     variable) makes ``local`` a download cache: index.json when the loader is built, shards on first
-    use, hash-checked. Changing streams or weights changes the data fingerprint (paths do not).
+    use, hash-checked. streaming's other ``Stream`` fields: ``split`` (a subdirectory of local and
+    remote), ``download_retry``, ``download_timeout``, ``validate_hash``, ``keep_zip``. Changing streams or weights changes the data fingerprint (paths do not).
     TOML only: torchtitan's CLI parser (tyro) offers no ``--mosaic_dataloader.dataset.streams`` flag."""
 
     non_iid_streams: dict[str, dict[str, Any]] = field(default_factory=dict)

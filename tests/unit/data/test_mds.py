@@ -731,3 +731,32 @@ def test_validation_errors(mds_dir, streams, kwargs, error, match):
     streams = {name: {k: (str(mds_dir) if v == "DIR" else v) for k, v in fields.items()} for name, fields in streams.items()}
     with pytest.raises(error, match=match):
         build_mds_validation_loader(1, 0, None, validation_config(streams, **kwargs))
+
+
+# -- streaming's other Stream fields ------------------------------------------------------------------
+
+
+def test_stream_split_reads_a_subdirectory(tmp_path, mds_dir):
+    root = tmp_path / "data"
+    copy_dataset(mds_dir, root / "train")
+    config = fake_job_config(MosaicDataset(streams={"web": {"local": str(root), "split": "train", "download_retry": 1,
+                                                            "download_timeout": 5, "keep_zip": True}}))
+    loader = build_dataloader(1, 0, None, config)
+    assert loader.specs[0].local == str(root / "train")
+    assert_batches_equal(take(loader, 3), take(make_loader(mds_dir, local_batch_size=2), 3))
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"validate_hash": "crc99"}, r"streams.web.validate_hash` = 'crc99' is not one of streaming's hashes"),
+        ({"download_retry": 0}, r"streams.web.download_retry` must be an integer >= 1"),
+        ({"download_timeout": "slow"}, r"streams.web.download_timeout` must be a number of seconds"),
+        ({"keep_zip": "yes"}, r"streams.web.keep_zip` must be true or false"),
+    ],
+    ids=["hash", "retry", "timeout", "keep_zip"],
+)
+def test_stream_field_errors_name_the_key(mds_dir, fields, match):
+    config = fake_job_config(MosaicDataset(streams={"web": {"local": str(mds_dir), **fields}}))
+    with pytest.raises(ConfigError, match=match):
+        build_dataloader(1, 0, None, config)

@@ -20,7 +20,7 @@ import torch
 from titan_recipes.config import MosaicDataloader, MosaicDataset
 from titan_recipes.data import build_dataloader
 from titan_recipes.data.common import DataError
-from titan_recipes.data.mds import MDSLoader, StreamSpec, write_mds
+from titan_recipes.data.mds import STREAM_KEYS, MDSLoader, StreamSpec, write_mds
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -215,3 +215,29 @@ def test_two_processes_download_into_one_cache_together(s3, tmp_path):
     for r in range(2):
         assert np.array_equal(np.load(tmp_path / f"{r}.npy"), expected)
     assert not [p.name for p in cache.iterdir() if p.name.endswith(".tmp") or ".zstd" in p.name]
+
+
+def test_keep_zip_and_an_explicit_hash_are_honoured(s3, tmp_path, corpus):
+    from titan_recipes.data.mds.loader import _parse_stream
+
+    spec = _parse_stream("web", {"local": str(tmp_path / "cache"), "remote": f"s3://{BUCKET}/zstd", "keep_zip": True,
+                                 "validate_hash": "xxh64", "download_retry": 1},
+                         "mosaic_dataloader.dataset.streams.web", STREAM_KEYS)
+    loader = MDSLoader(streams=[spec], seq_len=16, local_batch_size=8, dp_rank=0, dp_world_size=1)
+    assert loader.streams[0].validate_hash == "xxh64"
+    take(loader, corpus.num_samples // 8)
+    zipped = sorted(p.name for p in (tmp_path / "cache").glob("shard.*.zstd"))
+    assert zipped and len(zipped) == len(loader.shards)  # kept beside the decompressed shards
+
+
+def test_workers_and_predownload_fill_one_cache_without_tearing(s3, tmp_path, corpus):
+    """Two worker processes and the predownload thread fetch from the server into one cache at once;
+    the batches are the local conversion's and every shard lands whole, once."""
+    from titan_recipes.data.common import Workers
+
+    cache = tmp_path / "cache"
+    loader = remote_loader(f"s3://{BUCKET}/zstd", cache, workers=Workers(num_workers=2), predownload=64)
+    steps = corpus.num_samples // 8
+    assert_same_batches(take(loader, steps), take(remote_loader(None, s3.local), steps))
+    assert len(list(cache.glob("shard.*.mds"))) == len(loader.shards)
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]

@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 DECOMPRESS_LOCK = ".decompress.lock"
 """Lock file the loader creates in a compressed stream's directory while decompressing shards."""
-STREAM_KEYS = ("local", "remote", "proportion", "repeat", "choose")
+STREAM_KEYS = (
+    "local", "remote", "split", "proportion", "repeat", "choose", "download_retry", "download_timeout",
+    "validate_hash", "keep_zip",
+)
+"""streaming's ``Stream`` fields, accepted in ``[mosaic_dataloader.dataset.streams.<name>]``."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,6 +59,15 @@ class StreamSpec:
     """The config key it came from, for error messages (e.g. ``mosaic_dataloader.dataset.local``)."""
     remote: str | None = None
     """Remote directory (``s3://bucket/prefix``) that ``local`` caches; None: ``local`` is the data."""
+    download_retry: int | None = None
+    """Download attempts per file (streaming's default 2; streaming names it retry but counts attempts)."""
+    download_timeout: float | None = None
+    """Seconds allowed per shard download (streaming's default 60)."""
+    validate_hash: str | None = None
+    """Hash algorithm checked on every downloaded shard (one of streaming's; None: xxh64 when the index
+    lists it for every shard, else no check)."""
+    keep_zip: bool | None = None
+    """Keep a remote stream's compressed shards in ``local`` after decompressing (default False)."""
 
     @property
     def remote_setting(self) -> str:
@@ -135,7 +148,7 @@ class MDSLoader(GlobalOrderLoader):
             index_hashes.append(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest())
             shards = self._load_shards(stream, spec)
             if spec.remote:
-                stream.validate_hash = _common_hash(shards)
+                stream.validate_hash = spec.validate_hash or _common_hash(shards)
             samples = sum(shard.samples for shard in shards)
             if not samples:
                 raise DataError(
@@ -274,7 +287,8 @@ class MDSLoader(GlobalOrderLoader):
         try:
             stream = self._st.Stream(
                 remote=spec.remote, local=spec.local, proportion=spec.proportion, repeat=spec.repeat,
-                choose=spec.choose,
+                choose=spec.choose, download_retry=spec.download_retry, download_timeout=spec.download_timeout,
+                keep_zip=spec.keep_zip,
             )
         except ValueError as e:
             raise ConfigError(f"MDS stream '{spec.name}' ({spec.setting}): {e}") from None
@@ -635,9 +649,34 @@ def _parse_stream(name: str, fields: Any, key: str, allowed: Sequence[str]) -> S
         value = fields.get(weight)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types_)):
             raise ConfigError(f"`{key}.{weight}` must be a number, got {type(value).__name__} {value!r}.")
+    retry = fields.get("download_retry")
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 1):
+        # streaming 0.13 passes it to retry(num_attempts=...), which refuses 0.
+        raise ConfigError(f"`{key}.download_retry` must be an integer >= 1 (streaming uses it as the number of "
+                          f"download attempts), got {retry!r}.")
+    for key_, types_, what in (("download_timeout", (int, float), "a number of seconds > 0"),
+                               ("keep_zip", (bool,), "true or false"), ("split", (str,), "a subdirectory name")):
+        value = fields.get(key_)
+        if value is not None and (not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_)):
+            raise ConfigError(f"`{key}.{key_}` must be {what}, got {type(value).__name__} {value!r}.")
+    validate_hash = fields.get("validate_hash")
+    if validate_hash is not None:
+        import_streaming()
+        from streaming.base.hashing import get_hashes
+
+        if validate_hash not in get_hashes():
+            raise ConfigError(
+                f"`{key}.validate_hash` = {validate_hash!r} is not one of streaming's hashes {sorted(get_hashes())}."
+            )
+    split = fields.get("split")
+    if split:  # streaming reads <local>/<split> and <remote>/<split>; resolved here once
+        local = os.path.join(local, split)
+        remote = remote.rstrip("/") + "/" + split if remote else remote
     return StreamSpec(
         name=name, local=local, proportion=fields.get("proportion"), repeat=fields.get("repeat"),
         choose=fields.get("choose"), setting=f"{key}.local", remote=remote or None,
+        download_retry=fields.get("download_retry"), download_timeout=fields.get("download_timeout"),
+        validate_hash=validate_hash, keep_zip=fields.get("keep_zip"),
     )
 
 
@@ -711,7 +750,7 @@ def _tokenizer_setting(job_config) -> tuple[str | None, str]:
 # Validation
 # ---------------------------------------------------------------------------------------------------
 
-VALIDATION_KEYS = ("local", "remote")
+VALIDATION_KEYS = tuple(k for k in STREAM_KEYS if k not in ("proportion", "repeat", "choose"))
 
 
 class MDSValidationLoader(MDSLoader):
