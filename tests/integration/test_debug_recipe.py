@@ -145,3 +145,21 @@ def test_ddp_over_gloo_trains(tmp_path):
     assert rows_ddp[1]["grad_norm"] == pytest.approx(rows_one[1]["grad_norm"] / 2, rel=1e-4)
     for step in (2, 3):
         assert rows_ddp[step][fx.LOSS_KEY] == pytest.approx(rows_one[step][fx.LOSS_KEY], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_ranks_read_the_same_data(tmp_path):
+    """Partitioning follows torchtitan's DP rank, not RANK/WORLD_SIZE: with tensor_parallel_degree 2
+    the two processes form one DP rank, so both loaders are dp_rank 0 of 1 and read the same samples."""
+    import re
+
+    proc = launch(
+        DEBUG_RECIPE, 2, tmp_path / "tp2", "--training.steps", "2", "--checkpoint.no-enable",
+        "--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree", "1",
+        env={"LOG_RANK": "0,1"},
+    )
+    assert_ok(proc)
+    lines = re.findall(r"\[rank(\d)\].*dp_rank (\d+) of (\d+) reads 8 samples per step from global sample 0; "
+                       r"first sample ids (\[[\d, ]+\])", proc.stdout)
+    assert sorted(rank for rank, *_ in lines) == ["0", "1"], proc.stdout[-3000:]
+    assert {(dp, world, ids) for _, dp, world, ids in lines} == {("0", "1", lines[0][3])}

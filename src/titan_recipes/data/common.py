@@ -246,7 +246,15 @@ class GlobalOrderLoader(BaseDataLoader):
                 "Dataset %s resumes at global sample %d (epoch %d of this rank's order).",
                 self.name, self.consumed_samples, epoch,
             )
+        first = True
         for rows, ids in self._micro_batches():
+            if first:  # names this rank's data: TP/CP/PP ranks of one DP rank print the same ids
+                logger.info(
+                    "Dataset %s: dp_rank %d of %d reads %d samples per step from global sample %d; "
+                    "first sample ids %s", self.name, self.dp_rank, self.dp_world_size, self.local_batch_size,
+                    self.consumed_samples, ids[:8].tolist(),
+                )
+                first = False
             last = self.rank_indices(self.consumed_samples)[-1] // self.num_samples
             if last > epoch:
                 epoch = last
