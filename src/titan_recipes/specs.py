@@ -2,8 +2,10 @@
 
 :func:`with_recipe_components` is model-agnostic: it takes any registered TrainSpec and returns a copy
 whose tokenizer, dataloader and metrics builders are ours and whose ``parallelize_fn`` also works over
-gloo. :func:`register_recipe_specs` registers ``recipes.<name>`` for each model in :data:`BASE_MODELS`;
-a recipe selects one with ``model.name = "recipes.llama3"``.
+gloo (the seed's ``get_mosaic_train_spec`` idea). A recipe selects it by config alone:
+``model.name = "recipes.<base>"`` where ``<base>`` is any TrainSpec torchtitan can find (its models
+``llama3``, ``qwen3``, ``deepseek_v3``, ..., its experiments, or one a user registered with
+``register_train_spec``); :func:`register_recipe_spec` builds and registers it on first use.
 """
 
 from __future__ import annotations
@@ -87,14 +89,28 @@ def with_recipe_components(base: TrainSpec) -> TrainSpec:
     )
 
 
-def register_recipe_specs() -> list[str]:
-    """Register ``recipes.<model>`` specs; idempotent. Returns the registered names."""
+def register_recipe_spec(name: str) -> str:
+    """Register ``recipes.<base>`` = :func:`with_recipe_components` of TrainSpec ``<base>``; idempotent.
+    Names without the ``recipes.`` prefix are left alone (torchtitan's own specs). Returns ``name``."""
     from torchtitan.protocols import train_spec as registry
 
-    names = []
-    for model in BASE_MODELS:
-        name = PREFIX + model
-        if name not in registry._extra_train_specs:  # register_train_spec rejects duplicates
-            register_train_spec(name, with_recipe_components(get_train_spec(model)))
-        names.append(name)
-    return names
+    from .config import ConfigError
+
+    if not name.startswith(PREFIX) or name in registry._extra_train_specs:  # duplicates are rejected
+        return name
+    base = name[len(PREFIX):]
+    try:
+        spec = get_train_spec(base)
+    except (ValueError, ModuleNotFoundError) as e:
+        raise ConfigError(
+            f"model.name = '{name}': '{base}' is not a TrainSpec torchtitan knows ({e}). Use recipes.<base> "
+            f"with a torchtitan model (e.g. recipes.llama3, recipes.qwen3) or a spec registered with "
+            f"torchtitan.protocols.train_spec.register_train_spec."
+        ) from None
+    register_train_spec(name, with_recipe_components(spec))
+    return name
+
+
+def register_recipe_specs(names: tuple[str, ...] = BASE_MODELS) -> list[str]:
+    """Register ``recipes.<model>`` for each base model name; idempotent. Returns the names."""
+    return [register_recipe_spec(PREFIX + model) for model in names]

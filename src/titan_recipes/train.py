@@ -28,7 +28,7 @@ def trainer_class():
 
     from .config import ConfigError, validate_job_config, validate_launch
     from .records import write_run_record
-    from .specs import register_recipe_specs
+    from .specs import register_recipe_spec, register_recipe_specs
 
     register_recipe_specs()
 
@@ -38,6 +38,7 @@ def trainer_class():
         def __init__(self, job_config):
             validate_job_config(job_config)
             validate_launch(job_config)
+            register_recipe_spec(job_config.model.name)  # recipes.<any TrainSpec>, on first use
             write_run_record(job_config)
             super().__init__(job_config)
             self._check_vocab()

@@ -109,3 +109,24 @@ local = "{tmp_path / 'local_copy'}"
     losses = [{r["step"]: r["loss_metrics/global_avg_loss"] for r in read_metrics(d / "metrics.jsonl")
                if "loss_metrics/global_avg_loss" in r} for d in (tmp_path / "run_remote", tmp_path / "run_local")]
     assert losses[0] == losses[1] and sorted(losses[0]) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_another_torchtitan_model_trains_on_mds_by_config_alone(tmp_path):
+    """model.name = "recipes.qwen3": torchtitan's Qwen3 TrainSpec with our MDS loader, no code."""
+    docs = read_documents(resolve_text_path("tinyshakespeare", None), "\n\n")[:800]
+    jsonl = tmp_path / "part.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    write_mds([jsonl], TOKENIZER, 256, tmp_path / "mds", progress=False)
+    toml = tmp_path / "qwen3.toml"
+    toml.write_text(
+        (DEBUG_RECIPE / "train.toml").read_text().replace('dataset = "tinyshakespeare"', 'dataset = "mds"')
+        .replace('name = "recipes.llama3"', 'name = "recipes.qwen3"')
+        + f'\n[mosaic_dataloader.dataset]\nlocal = "{tmp_path / "mds"}"\n'
+    )
+    proc = launch(DEBUG_RECIPE, 1, tmp_path / "run", "--training.steps", "2", "--checkpoint.no-enable",
+                  env={"CONFIG_FILE": str(toml)})
+    assert_ok(proc)
+    assert "Building recipes.qwen3 debugmodel" in proc.stdout
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss_metrics/global_avg_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]

@@ -143,3 +143,21 @@ def test_force_sum_reduction_switches_every_fsdp_module(subprocess_results):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SWITCHED 3" in result.stdout
     assert "GRAD True" in result.stdout
+
+
+def test_any_train_spec_gets_the_recipe_components_by_name():
+    """model.name = "recipes.<base>" works for any TrainSpec torchtitan knows, not only llama3."""
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    from titan_recipes.config import ConfigError
+    from titan_recipes.data import build_dataloader
+    from titan_recipes.specs import register_recipe_spec
+
+    assert register_recipe_spec("recipes.qwen3") == "recipes.qwen3"
+    assert register_recipe_spec("recipes.qwen3") == "recipes.qwen3"  # idempotent
+    spec, base = get_train_spec("recipes.qwen3"), get_train_spec("qwen3")
+    assert spec.build_dataloader_fn is build_dataloader and base.build_dataloader_fn is not build_dataloader
+    assert spec.model_cls is base.model_cls and spec.model_args is base.model_args
+    assert register_recipe_spec("llama3") == "llama3"  # torchtitan's own names are left alone
+    with pytest.raises(ConfigError, match=r"model.name = 'recipes.nope': 'nope' is not a TrainSpec"):
+        register_recipe_spec("recipes.nope")
