@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Summarize Mosaic streaming (MDS) directories: shards, bytes, samples, tokens.
+"""Summarize Mosaic streaming (MDS) datasets, local or remote: shard files, bytes, samples, tokens.
 
     python scripts/mds_stats.py /data/mds/web [/data/mds/books ...]
+    S3_ENDPOINT_URL=http://minio:9000 python scripts/mds_stats.py s3://bucket/web
 
 Reads only ``index.json`` (and ``conversion.json`` when the column has no fixed length), so it is
-instant on any size. "raw" is the uncompressed shard size, "compressed" the size of the zstd (or
+instant on any size; a remote dataset (s3://, or another scheme streaming downloads from) has just
+those two files downloaded into a temporary directory. "raw" is the uncompressed shard size, "compressed" the size of the zstd (or
 other) files ("-" when uncompressed). Tokens are samples x tokens per sample as stored: consecutive
 samples written by scripts/mds_convert.py share one token, so the packed stream is samples x seq_len + 1.
 """
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 from titan_recipes.data.common import DataError
 from titan_recipes.data.mds import MdsStats, mds_stats
 
@@ -30,7 +30,7 @@ def human(n: int | None) -> str:
 
 
 def table(stats: list[MdsStats]) -> str:
-    header = ["dataset", "shards", "samples", "tokens/sample", "tokens", "raw", "compressed", "compression"]
+    header = ["dataset", "shard files", "samples", "tokens/sample", "tokens", "raw", "compressed", "compression"]
     rows = [
         [
             s.path, f"{s.shards:,}", f"{s.samples:,}",
@@ -58,7 +58,7 @@ def table(stats: list[MdsStats]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", nargs="+", type=Path, help="MDS directories (each with index.json)")
+    parser.add_argument("dirs", nargs="+", help="MDS directories (each with index.json): local paths or s3://bucket/prefix")
     args = parser.parse_args(argv)
     try:
         stats = [mds_stats(d) for d in args.dirs]

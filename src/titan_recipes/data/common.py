@@ -32,9 +32,9 @@ class FingerprintMismatchError(DataError):
     """A checkpoint was written for other data (or another data order) than the configured one."""
 
 
-def iter_jsonl_texts(path: Path) -> Iterator[str]:
-    """The ``text`` field of each non-blank line of a JSONL (or .jsonl.gz) file, streamed.
-    A line that is not a JSON object with a string ``text`` is a DataError naming ``file:line``."""
+def iter_jsonl_texts(path: Path, field: str = "text") -> Iterator[str]:
+    """The ``field`` (default ``text``) of each non-blank line of a JSONL (or .jsonl.gz) file, streamed.
+    A line that is not a JSON object with a string ``field`` is a DataError naming ``file:line``."""
     if not path.is_file():
         raise DataError(f"Input file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -43,11 +43,13 @@ def iter_jsonl_texts(path: Path) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["text"]
+                text = json.loads(line)[field]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{lineno}: not a JSON object with a 'text' field ({e})") from None
+                raise DataError(
+                    f"{path}:{lineno}: not a JSON object with a '{field}' field ({type(e).__name__}: {e})"
+                ) from None
             if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text).__name__}")
+                raise DataError(f"{path}:{lineno}: '{field}' must be a string, got {type(text).__name__}")
             yield text
 
 

@@ -16,24 +16,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from batches import write_jsonl
+from s3_server import moto_s3
 
 from titan_recipes.config import MosaicDataloader, MosaicDataset
 from titan_recipes.data import build_dataloader
 from titan_recipes.data.common import DataError
 from titan_recipes.data.mds import STREAM_KEYS, MDSLoader, StreamSpec, write_mds
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TOKENIZER_DIR = REPO_ROOT / "assets" / "tokenizers" / "shakespeare-bpe-2048"
 SIZE_LIMIT = "2kb"
 BUCKET = "titan-data"
 
-
-def write_jsonl(path: Path, docs: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
-    return path
 
 
 def free_port() -> int:
@@ -45,27 +41,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory, corpus):
     """A moto S3 server with one bucket holding ``plain`` and ``zstd`` conversions of the corpus."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "MOSAICML_STREAMING_AWS_REQUESTER_PAYS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("S3_ENDPOINT_URL", endpoint)
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket=BUCKET)
+    with moto_s3(BUCKET) as server:
         root = tmp_path_factory.mktemp("s3src")
         jsonl = write_jsonl(root / "corpus.jsonl", corpus.docs)
         write_mds([jsonl], TOKENIZER_DIR, corpus.seq_len, root / "local", size_limit=SIZE_LIMIT, progress=False)
         for name, compression in (("plain", None), ("zstd", "zstd")):
             write_mds([jsonl], TOKENIZER_DIR, corpus.seq_len, f"s3://{BUCKET}/{name}", compression=compression,
                       size_limit=SIZE_LIMIT, progress=False)
-        yield SimpleNamespace(client=client, endpoint=endpoint, local=root / "local", jsonl=jsonl)
-    server.stop()
+        yield SimpleNamespace(client=server.client, endpoint=server.endpoint, local=root / "local", jsonl=jsonl)
 
 
 def remote_loader(remote: str, cache: Path, **overrides) -> MDSLoader:

@@ -1,4 +1,4 @@
-"""Mosaic streaming (MDS) data: JSONL -> packed token samples in MDS shards, and a loader that reads them.
+"""Mosaic streaming (MDS) data: documents -> packed token samples in MDS shards, and a loader that reads them.
 
 Select it with ``training.dataset = "mds"``; it is configured in ``[mosaic_dataloader]``
 (:class:`titan_recipes.config.MosaicDataloader`)::
@@ -12,7 +12,8 @@ Select it with ``training.dataset = "mds"``; it is configured in ``[mosaic_datal
     local = "/data/mds/web"
     proportion = 0.7
 
-**Format.** :func:`write_mds` tokenizes documents (``text`` field of each JSONL line) with BOS and EOS,
+**Format.** :func:`write_mds` tokenizes documents (JSONL, Parquet, a ``save_to_disk`` HF dataset or
+blank-line separated ``.txt``; :func:`iter_input_documents`) with BOS and EOS,
 concatenates them into one token stream and cuts windows ``tokens[k*L : k*L + L + 1]``
 (``L = seq_len``, stride ``L``, exactly as :mod:`titan_recipes.data.text` does), written by
 ``streaming``'s own ``MDSWriter`` as column ``tokens`` = ``ndarray:int32:<L+1>``, with an ``xxh64``
@@ -138,8 +139,8 @@ from .writer import (
 
 __all__ = [
     "CONVERSION_FILE", "DECOMPRESS_LOCK", "SHARD_HASH", "STREAM_KEYS", "TESTED_STREAMING_VERSION", "TOKEN_DTYPE",
-    "TOKENS_COLUMN", "MDSLoader", "MDSValidationLoader", "MdsStats", "MdsWriteSummary", "StreamSpec",
-    "build_mds_loader", "build_mds_validation_loader", "check_tokenizer_matches", "import_streaming",
-    "iter_documents", "mds_stats", "non_iid_rank_streams", "read_index", "stream_specs", "tokenizer_sha256",
+    "TOKENS_COLUMN", "HubDataset", "MDSLoader", "MDSValidationLoader", "MdsStats", "MdsWriteSummary", "StreamSpec",
+    "build_mds_loader", "build_mds_validation_loader", "check_compression", "check_tokenizer_matches",
+    "import_streaming", "iter_documents", "iter_input_documents", "parse_document_range", "mds_stats", "non_iid_rank_streams", "read_index", "stream_specs", "tokenizer_sha256",
     "write_mds",
 ]

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Train a titan-recipes recipe with torchrun, like torchtitan's run_train.sh; this recipe first makes
+# its MDS data from the embedded Tiny Shakespeare corpus (once, when an index.json is missing).
+#
+# usage:  [NGPU=N] [CONFIG_FILE=path.toml] [RUN_DIR=runs/x] [LOG_RANK=0,1] [DATA_DIR=dir] recipes/debug_mds/run_train.sh [--section.key value ...]
+#
+#   NGPU        processes on this node (default: number of visible GPUs; 1 on a machine without GPUs,
+#               where training runs on the CPU over gloo)
+#   CONFIG_FILE the recipe TOML (default: train.toml next to this script)
+#   RUN_DIR     where the run writes (default: runs/<recipe>-<timestamp>); reuse it to resume
+#   LOG_RANK    ranks whose output is shown (default: 0)
+#   PYTHON      interpreter (default: the repository's .venv if present and no venv is active)
+#   DATA_DIR    where the MDS data is made: DATA_DIR/train (documents [0, n-200) of the corpus) and
+#               DATA_DIR/val (the last 200). Default data/debug_mds (relative to the repository),
+#               which train.toml reads; with another DATA_DIR, pass a CONFIG_FILE that reads from it.
+# Arguments after the script override the TOML (`--training.steps 100`), as in torchtitan.
+set -eo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "${HERE}/../.." && pwd)"
+RECIPE="$(basename "${HERE}")"
+
+CONFIG_FILE="$(realpath "${CONFIG_FILE:-${HERE}/train.toml}")"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO}/.venv/bin/python" ]]; then
+        PYTHON="${REPO}/.venv/bin/python"
+    else
+        PYTHON="python3"
+    fi
+fi
+if [[ -z "${NGPU:-}" ]]; then
+    NGPU="$("${PYTHON}" -c 'import torch; print(torch.cuda.device_count() or 1)')"
+fi
+LOG_RANK="${LOG_RANK:-0}"
+TRAIN_FILE="${TRAIN_FILE:-titan_recipes.train}"
+RUN_DIR="${RUN_DIR:-runs/${RECIPE}-$(date +%Y%m%d-%H%M%S)}"
+DATA_DIR="${DATA_DIR:-data/debug_mds}"
+
+cd "${REPO}"
+
+# The data: train = documents [0, n-200), val = the last 200 documents of the embedded corpus, both
+# packed into samples of 257 tokens (training.seq_len 256) with the committed tokenizer, zstd shards.
+# The conversion is deterministic, so every machine makes byte-identical shards.
+CORPUS="assets/data/tinyshakespeare.txt"
+TOKENIZER="assets/tokenizers/shakespeare-bpe-2048"
+for split in train val; do
+    if [[ ! -f "${DATA_DIR}/${split}/index.json" ]]; then
+        if [[ "${split}" == train ]]; then range="0:-200"; else range="-200:"; fi
+        echo "titan-recipes: converting ${CORPUS} documents [${range}] into ${DATA_DIR}/${split}"
+        "${PYTHON}" scripts/mds_convert.py "${CORPUS}" --tokenizer "${TOKENIZER}" --seq-len 256 \
+            --compression zstd --documents="${range}" --out "${DATA_DIR}/${split}" --overwrite --no-progress
+    fi
+done
+
+mkdir -p "${RUN_DIR}"
+echo "titan-recipes: recipe ${RECIPE}, ${NGPU} process(es), config ${CONFIG_FILE}, run directory ${RUN_DIR}"
+
+set -x
+PYTORCH_ALLOC_CONF="expandable_segments:True" \
+"${PYTHON}" -m torch.distributed.run --nproc_per_node="${NGPU}" --rdzv_backend c10d --rdzv_endpoint="localhost:0" \
+    --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \
+    -m "${TRAIN_FILE}" --job.config_file "${CONFIG_FILE}" --job.dump_folder "${RUN_DIR}" "$@" \
+    2>&1 | tee -a "${RUN_DIR}/train.log"
+set +x
+echo "titan-recipes: run directory ${RUN_DIR} (metrics.jsonl, run.json, train.log, checkpoint/)"
