@@ -4,6 +4,7 @@
     nox -s tests       the whole test suite: unit tests + real CPU training runs          (~5.5 min)
     nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~4 min)
     nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (~2.5 min)
+    nox -s bench       MDS loader and remote-streaming throughput -> runs/bench/          (~1 min; not in the default)
 
 Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~2 min
 (``pip install --no-deps -r env/cpu.lock``). The environment is rebuilt only when env/cpu.lock or
@@ -100,3 +101,13 @@ def smoke(session: nox.Session) -> None:
         session.error("no CPU fixture entries for this torch version: nothing to smoke-test")
     for recipe, nproc in plan:
         session.run(py, "-m", "titan_recipes.cli", "fixtures", "verify", recipe, "--nproc", nproc, external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """MDS loader throughput (0/1/2 workers vs the H100 demand) and remote streaming (moto S3 on
+    127.0.0.1, cold vs warm cache, zstd vs none). Results: runs/bench/*.json, *.png. Arguments after
+    ``--`` go to both scripts, e.g. ``nox -s bench -- --samples 6000 --seq-len 2048``."""
+    py = pinned_env(session)
+    for script in ("bench_mds_loader.py", "bench_mds_remote.py"):
+        session.run(py, str(ROOT / "scripts" / script), "--out", str(ROOT / "runs" / "bench"), *session.posargs, external=True)

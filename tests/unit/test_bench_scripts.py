@@ -1,0 +1,81 @@
+"""The benchmark scripts (scripts/bench_*.py) at a tiny size: the structure and sanity of their JSON
+and PNG output. Speed targets are the benchmarks' business (``nox -s bench``), never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_outputs(result: dict, out: Path, stem: str) -> dict:
+    assert Path(result["json"]) == out / f"{stem}.json"
+    assert Path(result["png"]).read_bytes()[:8] == PNG_MAGIC
+    on_disk = json.loads((out / f"{stem}.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(result["results"]))
+    assert on_disk["environment"]["torch"]
+    return on_disk
+
+
+def positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def test_bench_mds_loader(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    result = load_script("bench_mds_loader").main([
+        "--samples", "48", "--seq-len", "64", "--batch-size", "4", "--batches", "4", "--warmup", "1",
+        "--workers", "0", "1", "2", "--data", str(tmp_path / "data"), "--out", str(out), "--no-progress",
+    ])
+    data = check_outputs(result, out, "mds_loader")
+    rows = data["results"]
+    for comp in ("none", "zstd"):
+        mine = [r for r in rows if r["compression"] == comp]
+        assert [r["num_workers"] for r in mine] == [None, 0, 1, 2]  # the numpy baseline first
+        for r in mine:
+            assert positive(r["tokens_per_s"]) and positive(r["samples_per_s"])
+            assert r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 64)
+        for r in mine[1:]:
+            assert r["ratio_1b_h100"] == pytest.approx(r["tokens_per_s"] / 57_800)
+            assert r["ratio_debugmodel_h100"] == pytest.approx(r["tokens_per_s"] / 690_000)
+            assert positive(r["ratio_numpy_baseline"])
+            assert (r["pass"] is None) == (r["num_workers"] == 0)
+    assert data["settings"]["seq_len"] == 64 and data["demand_tokens_per_s"]["1b_h100"] == 57_800
+    assert "MDSLoader" in data["table"] and "numpy baseline" in data["table"]
+
+
+def test_bench_mds_remote(tmp_path):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("moto.server")
+    out = tmp_path / "out"
+    result = load_script("bench_mds_remote").main([
+        "--samples", "48", "--seq-len", "64", "--batch-size", "4", "--size-limit", "4kb",
+        "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
+    ])
+    data = check_outputs(result, out, "mds_remote")
+    assert data["mode"] == "moto"
+    assert [r["data"] for r in data["results"]] == ["none", "zstd"]
+    for r in data["results"]:
+        assert r["remote"] == f"s3://titan-bench/{r['data']}"
+        for phase in ("cold", "warm"):
+            m = r[phase]
+            assert m["samples"] == 48  # one whole epoch, both passes
+            assert positive(m["seconds"]) and positive(m["samples_per_s"])
+            assert m["tokens_per_s"] == pytest.approx(m["samples_per_s"] * 64)
+        assert r["remote_shard_bytes"] > 0
+        assert r["cache_bytes"] >= 48 * 65 * 4  # the cold pass filled the cache with every sample
+        assert r["warm_over_cold"] == pytest.approx(r["warm"]["tokens_per_s"] / r["cold"]["tokens_per_s"])
