@@ -208,6 +208,11 @@ class BlendCorpus:
     seed: int = 1234
     """Seed of the in-corpus shuffles. Changing it changes the data order and the fingerprint."""
 
+    validation_split: str = "valid"
+    """Which held-out part ``validation.dataset = "blendcorpus"`` reads: "valid" (the second share of
+    ``split``) or "test" (the third). Same file list and blend settings as training; the split must
+    hold at least one global validation batch (DataError otherwise)."""
+
 
 @dataclass
 class Model:

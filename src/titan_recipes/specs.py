@@ -20,6 +20,7 @@ from torchtitan.protocols.train_spec import TrainSpec, get_train_spec, register_
 
 from .cpu import force_sum_reduction_for_gloo
 from .data import build_dataloader
+from .data.blend import build_blendcorpus_validation_loader
 from .data.mds import build_mds_validation_loader
 from .records import build_metrics_processor
 from .tokenizer import build_tokenizer
@@ -43,7 +44,7 @@ def _gloo_safe(parallelize_fn):
     return parallelize
 
 
-VALIDATION_LOADERS = {"mds": build_mds_validation_loader}
+VALIDATION_LOADERS = {"mds": build_mds_validation_loader, "blendcorpus": build_blendcorpus_validation_loader}
 """``validation.dataset`` names served by our loaders; any other name goes to torchtitan's HF path."""
 
 

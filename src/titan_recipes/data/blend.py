@@ -348,3 +348,80 @@ def build_blendcorpus_loader(dp_world_size: int, dp_rank: int, tokenizer, job_co
         blend_sample_in_corpus=b.blend_sample_in_corpus, append_eod=b.append_eod, eod_token_id=b.eod_token_id,
         seed=b.seed, cache_dir=b.data_cache_path or None, workers=workers,
     )
+
+
+VALIDATION_SPLITS = {"valid": 1, "test": 2}
+
+
+class BlendCorpusValidationLoader(BlendCorpusLoader):
+    """A finite pass over the valid (or test) split of the blend (``validation.dataset = "blendcorpus"``).
+
+    The same file list, ``[blendcorpus]`` settings and blend as training, with ``split_index`` 1 (or 2).
+    Each ``next()`` is one micro-batch: the ranks together take ``dp_world_size * local_batch_size``
+    consecutive blend entries, rank ``r`` the ``r``-th block (as in training). Every pass yields
+    ``num_samples // (dp_world_size * local_batch_size)`` batches on every rank, so all ranks stop
+    together (torchtitan's ``validation.steps = -1`` would hang on uneven counts); the remainder is
+    left out, and logged. Each ``iter()`` starts again at sample 0, so every validation run sees the
+    same samples. No checkpoint state.
+    """
+
+    state_key = "blendcorpus_validation"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("split_index", 1)
+        split = kwargs.get("split", "98,1,1")
+        super().__init__(**kwargs)
+        global_batch = self.local_batch_size * self.dp_world_size
+        self.steps = self.num_samples // global_batch
+        if self.steps == 0:
+            raise DataError(
+                f"BlendCorpus validation: the {self.split_name} split (blendcorpus.split = '{split}') has "
+                f"{self.num_samples} samples, fewer than one global batch of {global_batch} "
+                f"(validation.local_batch_size {self.local_batch_size} x {self.dp_world_size} DP ranks). "
+                f"Give the {self.split_name} split a larger share or use a smaller validation.local_batch_size."
+            )
+        left = self.num_samples - self.steps * global_batch
+        if left:
+            logger.warning(
+                "BlendCorpus validation (%s split): %d batches of %d samples per pass; the last %d of %d "
+                "samples are not used (every rank must run the same number of batches).",
+                self.split_name, self.steps, global_batch, left, self.num_samples,
+            )
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        global_batch = self.local_batch_size * self.dp_world_size
+        for step in range(self.steps):
+            rows, ids = self.read_micro_batch(step * global_batch)
+            self.last_sample_ids = ids
+            self.last_corpus_ids = torch.from_numpy(np.asarray(self.blend[ids][:, 0], np.int64))
+            batch = torch.from_numpy(rows)
+            yield {"input": batch[:, :-1]}, batch[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
+
+
+def build_blendcorpus_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> BlendCorpusValidationLoader:
+    """``validation.dataset = "blendcorpus"``: a finite, unshuffled-beyond-the-blend, DP-partitioned pass
+    over the ``blendcorpus.validation_split`` ("valid" or "test") part of the training file list, with
+    ``validation.seq_len`` and ``validation.local_batch_size``. For torchtitan's Validator
+    (``build_validator_fn``); see :class:`BlendCorpusValidationLoader`."""
+    t, v, b = job_config.training, job_config.validation, job_config.blendcorpus
+    if v.dataset != "blendcorpus":
+        raise ConfigError(f"build_blendcorpus_validation_loader needs validation.dataset = 'blendcorpus', got '{v.dataset}'.")
+    split_name = getattr(b, "validation_split", "valid")
+    if split_name not in VALIDATION_SPLITS:
+        raise ConfigError(f"blendcorpus.validation_split = '{split_name}' must be one of {sorted(VALIDATION_SPLITS)}.")
+    file_list = v.dataset_path or t.dataset_path or b.data_file_list
+    if not file_list:
+        raise ConfigError("validation.dataset = 'blendcorpus' needs a file list: set training.dataset_path "
+                          "(or blendcorpus.data_file_list, or validation.dataset_path).")
+    return BlendCorpusValidationLoader(
+        file_list=file_list, seq_len=v.seq_len, local_batch_size=v.local_batch_size, dp_rank=dp_rank,
+        dp_world_size=dp_world_size, split=b.split, shuffle_sample_in_corpus=b.shuffle_sample_in_corpus,
+        blend_sample_in_corpus=b.blend_sample_in_corpus, append_eod=b.append_eod, eod_token_id=b.eod_token_id,
+        seed=b.seed, cache_dir=b.data_cache_path or None, split_index=VALIDATION_SPLITS[split_name],
+    )

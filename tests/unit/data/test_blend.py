@@ -287,3 +287,96 @@ def test_crossing_an_epoch_keeps_corpus_ids_and_warns_once(data, caplog):
             shards = (inputs["input"][:, 0] // STRIDE).tolist()
             assert loader.last_corpus_ids.tolist() == [0 if s < 2 else 1 for s in shards]
     assert sum("entering epoch 1" in r.message for r in caplog.records) == 1
+
+
+# -- validation: validation.dataset = "blendcorpus" ----------------------------------------------------
+
+from titan_recipes.data.blend import BlendCorpusValidationLoader, build_blendcorpus_validation_loader  # noqa: E402
+
+
+def make_val(data: Path, rank=0, world=1, bs=4, **kw) -> BlendCorpusValidationLoader:
+    kw.setdefault("split", "50,25,25")
+    kw.setdefault("cache_dir", data / "cache")
+    return BlendCorpusValidationLoader(file_list=data / "list.txt", seq_len=L, local_batch_size=bs, dp_rank=rank,
+                                       dp_world_size=world, **kw)
+
+
+def _rows(loader) -> list[list[int]]:
+    return [row for inputs, _ in loader for row in inputs["input"].tolist()]
+
+
+def test_validation_reads_the_valid_split_finitely_from_sample_0_every_pass(data):
+    val = make_val(data)
+    valid = make(data, split="50,25,25", split_index=1)
+    assert val.split_name == "valid" and val.data_fingerprint == valid.data_fingerprint
+    assert val.steps == valid.num_samples // 4 > 0
+    passes = [list(val) for _ in range(2)]
+    assert len(passes[0]) == val.steps  # finite: the iterator ends
+    for (a_in, a_lab), (b_in, b_lab) in zip(*passes):  # every pass is the same
+        assert torch.equal(a_in["input"], b_in["input"]) and torch.equal(a_lab, b_lab)
+    inputs, labels = passes[0][0]
+    assert inputs["input"].shape == labels.shape == (4, L) and inputs["input"].dtype == torch.long
+    # the blend's order over the valid split, sample 0 first
+    expected = [valid.sample(g) for g in range(val.steps * 4)]
+    assert _rows(val) == [s[:-1].tolist() for s in expected]
+    train_tokens = set(np.concatenate([make(data, split="50,25,25").sample(g) for g in range(10)]).tolist())
+    assert not train_tokens & set(np.concatenate(expected).tolist())
+    # corpus ids of the last batch follow the blend
+    assert val.last_corpus_ids.tolist() == np.asarray(valid.blend[val.last_sample_ids][:, 0]).tolist()
+
+
+def test_validation_ranks_stop_together_and_partition_the_one_rank_pass(data):
+    one = _rows(make_val(data, bs=2))
+    ranks = [make_val(data, rank=r, world=3, bs=2) for r in range(3)]
+    n = ranks[0].num_samples // 6
+    assert all(r.steps == n for r in ranks) and all(len(list(r)) == n for r in ranks)
+    rows = [_rows(r) for r in ranks]
+    interleaved = [row for step in range(n) for r in range(3) for row in rows[r][2 * step : 2 * step + 2]]
+    assert interleaved == one[: 6 * n]
+
+
+def test_validation_has_no_checkpoint_state(data):
+    val = make_val(data)
+    next(iter(val))
+    assert val.state_dict() == {}
+    val.load_state_dict({"consumed_samples": 40})
+    assert torch.equal(next(iter(val))[0]["input"], next(iter(make_val(data)))[0]["input"])
+
+
+def test_validation_split_without_a_batch_names_blendcorpus_split(data):
+    with pytest.raises(DataError, match=r"its valid split \(blendcorpus.split = '100,0,0'\) has 0 tokens"):
+        make_val(data, split="100,0,0")
+    with pytest.raises(DataError, match=r"the valid split \(blendcorpus.split = '50,25,25'\) has \d+ samples, "
+                                        r"fewer than one global batch of 2000"):
+        make_val(data, bs=1000, world=2)
+
+
+def _val_job(data: Path, **blend) -> SimpleNamespace:
+    job = _job(data, **{"split": "50,25,25", **blend})
+    job.validation = SimpleNamespace(dataset="blendcorpus", dataset_path=None, seq_len=L, local_batch_size=2)
+    return job
+
+
+def test_validation_registered_and_built_from_config(data):
+    from titan_recipes.specs import VALIDATION_LOADERS
+
+    assert VALIDATION_LOADERS["blendcorpus"] is build_blendcorpus_validation_loader
+    val = build_blendcorpus_validation_loader(2, 1, None, _val_job(data))
+    assert isinstance(val, BlendCorpusValidationLoader) and val.split_name == "valid"
+    assert val.dp_rank == 1 and val.local_batch_size == 2 and val.seq_len == L
+    test = build_blendcorpus_validation_loader(1, 0, None, _val_job(data, validation_split="test"))
+    assert test.split_name == "test" and test.data_fingerprint == make(data, split="50,25,25", split_index=2).data_fingerprint
+    with pytest.raises(ConfigError, match=r"blendcorpus.validation_split = 'train'"):
+        build_blendcorpus_validation_loader(1, 0, None, _val_job(data, validation_split="train"))
+
+
+def test_recipe_toml_parses_with_blendcorpus_validation():
+    from torchtitan.config import ConfigManager
+
+    from titan_recipes.specs import VALIDATION_LOADERS
+
+    toml = Path(__file__).resolve().parents[3] / "recipes" / "blendcorpus" / "train.toml"
+    config = ConfigManager().parse_args(["--job.config_file", str(toml)])
+    validate_job_config(config)
+    assert config.training.dataset == "blendcorpus" and config.validation.dataset in VALIDATION_LOADERS
+    assert config.blendcorpus.validation_split == "valid" and config.validation.enable
