@@ -215,6 +215,43 @@ class BlendCorpus:
 
 
 @dataclass
+class Mixture:
+    """``[mixture]``: the Mixtera-style mixture engine (titan_recipes/data/mixture), used when
+    ``training.dataset = "mixture"``. Samples come from a registered DuckDB sample index, in chunks
+    whose per-domain counts follow the weights. Each key is honoured or rejected with ConfigError."""
+
+    index_dir: str = ""
+    """Directory holding ``index.duckdb`` (written by ``MixteraIndex.register_dataset``). Required;
+    opened read-only."""
+
+    property: str = ""
+    """The property whose values are the domains, e.g. ``"redpajama_set_name"``. Required."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    """Static mixture: ``{domain value: weight}``, positive, summing to 1. Set this or ``schedule``.
+    TOML only: ``[mixture.weights]`` with ``RedPajamaC4 = 0.6`` ... (quote values with odd characters)."""
+
+    schedule: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Scheduled mixture: ``[mixture.schedule.<start_step>]`` tables of weights, e.g. ``[mixture.schedule.0]``
+    and ``[mixture.schedule.1000]``; the first must start at step 0. Steps are counted in chunks
+    planned: chunk ``k`` belongs to step ``k * chunk_size // (local_batch_size * dp degree)`` (one
+    document per row; the loader packs documents, so this is the document position, not exactly the
+    optimizer step). Set this or ``weights``. TOML only."""
+
+    query: list[list[list[Any]]] = field(default_factory=list)
+    """Which samples take part: a list of groups (OR), each a list of ``[property, op, value]`` clauses
+    (AND), ops ``== != < > <= >= in`` (``in`` takes a list). Empty: all samples. Example:
+    ``query = [[["quality", ">=", 0.5]], [["redpajama_set_name", "==", "RedPajamaBook"]]]``. TOML only."""
+
+    chunk_size: int = 1024
+    """Documents per chunk; each chunk follows the weights exactly (largest remainder) and is split
+    among the DP ranks. Must be at least the DP degree. Part of the data fingerprint."""
+
+    seed: int = 1234
+    """Seed of the per-domain permutations and chunk shuffles. Part of the data fingerprint."""
+
+
+@dataclass
 class Model:
     """Keys titan-recipes adds to torchtitan's ``[model]`` table (merged with torchtitan's fields)."""
 
@@ -236,6 +273,7 @@ class JobConfig:
     mosaic_dataloader: MosaicDataloader = field(default_factory=MosaicDataloader)
     mosaic_tokenizer: MosaicTokenizer = field(default_factory=MosaicTokenizer)
     blendcorpus: BlendCorpus = field(default_factory=BlendCorpus)
+    mixture: Mixture = field(default_factory=Mixture)
 
 
 def validate_launch(config: Any) -> None:

@@ -11,6 +11,7 @@ from ..config import ConfigError
 from .blend import build_blendcorpus_loader
 from .common import DataError, FingerprintMismatchError, GlobalOrderLoader, Workers, training_workers
 from .mds import build_mds_loader
+from .mixture.loader import build_mixture_loader
 from .text import EMBEDDED_DATASETS, PackedTextLoader, resolve_text_path
 
 DataLoaderBuilder = Callable[..., BaseDataLoader]
@@ -38,6 +39,7 @@ def build_text_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer
 DATALOADERS: dict[str, DataLoaderBuilder] = {"text": build_text_loader, "mds": build_mds_loader}
 DATALOADERS.update({name: build_text_loader for name in EMBEDDED_DATASETS})
 DATALOADERS["blendcorpus"] = build_blendcorpus_loader
+DATALOADERS["mixture"] = build_mixture_loader
 
 
 def build_dataloader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> BaseDataLoader:

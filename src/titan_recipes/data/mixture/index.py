@@ -205,6 +205,26 @@ class MixteraIndex:
         ).fetchall()
         return dict(rows)
 
+    def read_texts(self, ids: "list[int] | np.ndarray") -> list[str]:
+        """The texts of sample ``ids`` in the order given: see :class:`TextReader` (one per index,
+        created on first use, so decompressed files stay cached between calls)."""
+        if getattr(self, "_reader", None) is None:
+            self._reader = TextReader(self)
+        return self._reader.read(ids)
+
+    def files_fingerprint(self) -> str:
+        """A hash of the registered datasets' files (dataset, path relative to its root, size, samples)
+        and the sample count: changes when data is added, removed or re-indexed."""
+        from ..common import fingerprint
+
+        rows = self.con.execute(
+            "SELECT d.name, d.root, f.path, f.size, f.n_samples, f.done FROM files f JOIN datasets d "
+            "ON f.dataset_id = d.id ORDER BY d.name, f.path"
+        ).fetchall()
+        files = [[name, os.path.relpath(path, root) if os.path.isabs(root) else Path(path).name, size, n, done]
+                 for name, root, path, size, n, done in rows]
+        return fingerprint(files=files, samples=self.num_samples())
+
     def sample_ids_by_value(self, prop: str, values: list[Any], query: Query | None = None) -> dict[Any, np.ndarray]:
         """For each value of ``prop`` in ``values``: ids (ascending) of the matching samples with it."""
         known = self.properties
@@ -447,3 +467,127 @@ class MixteraIndex:
                 f"declare them in its `properties` ({sorted(parser.properties)})."
             )
         return values
+
+
+# -- reading sample text back -------------------------------------------------------------------------
+DECOMPRESSED_CACHE_BYTES = 512 * 1024 * 1024
+"""Decompressed ``.gz``/``.zst`` files kept in memory by :class:`TextReader` (least recently used first out)."""
+
+
+class TextReader:
+    """Reads the text of sample ids back from the files an index points at.
+
+    Ids are grouped by file. A plain ``.jsonl`` line is read with one seek to its ``byte_offset`` and a
+    read of ``n_bytes``. A ``.gz``/``.zst`` file is decompressed once, streaming, and kept in memory
+    with the start of every line (up to ``cache_bytes`` in all, least recently used out first), so
+    random access by line number afterwards costs nothing; a file larger than the whole cache is
+    streamed once per call, picking the wanted lines on the way. Every file is checked against the
+    size it was indexed with (DataError if it changed). The text is the dataset parser's ``text_field``
+    (``text`` for a parser the process does not know by name)."""
+
+    def __init__(self, index: "MixteraIndex", cache_bytes: int = DECOMPRESSED_CACHE_BYTES):
+        self.index = index
+        self.cache_bytes = cache_bytes
+        self._files: dict[int, tuple[Path, int, str]] = {}
+        self._cache: dict[int, tuple[bytes, np.ndarray]] = {}  # insertion order = recency
+
+    def _file(self, file_id: int) -> tuple[Path, str]:
+        if file_id not in self._files:
+            path, size, parser = self.index.con.execute(
+                "SELECT f.path, f.size, d.parser FROM files f JOIN datasets d ON f.dataset_id = d.id WHERE f.id = ?",
+                [file_id],
+            ).fetchone()
+            cls = _parser_class(parser)
+            self._files[file_id] = (Path(path), size, cls.text_field if cls else "text")
+        path, size, field = self._files[file_id]
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"Indexed file {path} is missing; restore it or register the dataset again.") from None
+        if actual != size:
+            raise DataError(
+                f"Indexed file {path} changed since it was indexed ({size} -> {actual} bytes); register it again "
+                f"in a fresh index, or restore it."
+            )
+        return path, field
+
+    def _decompressed(self, file_id: int, path: Path) -> tuple[bytes, np.ndarray] | None:
+        if file_id in self._cache:
+            self._cache[file_id] = self._cache.pop(file_id)  # most recent
+            return self._cache[file_id]
+        with _open_binary(path) as f:
+            data = f.read(self.cache_bytes + 1)
+            if len(data) > self.cache_bytes:
+                return None
+        nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        starts = np.concatenate([[0], nl + 1]).astype(np.int64)
+        while self._cache and sum(len(d) for d, _ in self._cache.values()) + len(data) > self.cache_bytes:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[file_id] = (data, starts)
+        return data, starts
+
+    def _lines(self, file_id: int, rows: list[tuple[int, int | None, int]]) -> dict[int, bytes]:
+        """``{line number: raw line}`` for ``rows`` of ``(line, byte_offset, n_bytes)`` in one file."""
+        path, _ = self._file(file_id)
+        out: dict[int, bytes] = {}
+        if rows[0][1] is not None:  # plain .jsonl: seek
+            with open(path, "rb") as f:
+                for line, offset, n in sorted(rows, key=lambda r: r[1]):
+                    f.seek(offset)
+                    out[line] = f.read(n)
+            return out
+        cached = self._decompressed(file_id, path)
+        if cached is not None:
+            data, starts = cached
+            for line, _, n in rows:
+                start = int(starts[line - 1])
+                out[line] = data[start : start + n]
+            return out
+        wanted = {line for line, _, _ in rows}
+        for line, _, raw in iter_lines(path):
+            if line in wanted:
+                out[line] = raw
+                if len(out) == len(wanted):
+                    break
+        return out
+
+    def read(self, ids: "list[int] | np.ndarray") -> list[str]:
+        """The texts of sample ``ids``, in the order given (repeats allowed). DataError for an id that
+        is not in the index or a line that no longer parses."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        unique = sorted(set(ids))
+        rows = self.index.con.execute(
+            "SELECT id, file_id, line, byte_offset, n_bytes FROM samples WHERE id IN (SELECT unnest(?::BIGINT[])) "
+            "ORDER BY file_id, line",
+            [unique],
+        ).fetchall()
+        if len(rows) != len(unique):
+            missing = sorted(set(unique) - {r[0] for r in rows})
+            raise DataError(f"Sample id(s) {missing[:10]} are not in the index {self.index.path}.")
+        by_file: dict[int, list[tuple[int, int, int | None, int]]] = {}
+        for sid, file_id, line, offset, n in rows:
+            by_file.setdefault(file_id, []).append((sid, line, offset, n))
+        texts: dict[int, str] = {}
+        for file_id, items in by_file.items():
+            raw = self._lines(file_id, [(line, offset, n) for _, line, offset, n in items])
+            path, field = self._file(file_id)
+            for sid, line, _, _ in items:
+                try:
+                    text = json.loads(raw[line])[field]
+                except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+                    raise DataError(
+                        f"{path}:{line}: cannot read the '{field}' field of indexed sample {sid} "
+                        f"({type(e).__name__}: {e}); the file changed since it was indexed?"
+                    ) from None
+                if not isinstance(text, str):
+                    raise DataError(f"{path}:{line}: '{field}' of indexed sample {sid} is not a string.")
+                texts[sid] = text
+        return [texts[i] for i in ids]
+
+
+def _parser_class(name: str) -> type[MetadataParser] | None:
+    from .parsers import PARSERS
+
+    return PARSERS.get(name)
