@@ -53,6 +53,33 @@ class Launch:
     ``checkpoint.interval`` with checkpointing enabled, so that the stop point is always saved. For
     chunked Slurm jobs and for resume tests."""
 
+    save_on_signal: bool = True
+    """Stop cleanly when the process receives one of ``signals`` (Slurm preemption or ``scancel`` send
+    SIGTERM, ``#SBATCH --signal=USR1@120`` sends SIGUSR1 before the time limit): the handler only sets
+    a flag; at the next step boundary all ranks agree (an all-reduce MAX of one int per step over the
+    default process group, so ranks signalled during different steps stop after the same step), save a
+    full checkpoint at that step (model, optimizer, LR scheduler, data loader and step, even off
+    ``checkpoint.interval`` and even with ``checkpoint.last_save_model_only``), write
+    ``preempted.json`` into the run directory and exit with ``preempt_exit_code``. Launching again in
+    the same run directory resumes from that checkpoint exactly. The check costs one 4-byte all-reduce
+    and one host sync per step (microseconds on gloo and NCCL). The save must finish before the
+    scheduler's SIGKILL (Slurm ``KillWait``, torchrun ``--shutdown-timeout``, both 30 s by default).
+    False: the signals keep their default action and the process dies at once, losing the steps since
+    the last regular checkpoint."""
+
+    signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signal names that trigger the save-and-exit of ``save_on_signal``. torchrun forwards SIGTERM,
+    SIGINT, SIGHUP and SIGQUIT to its workers; it forwards SIGUSR1 only when started with
+    ``--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1`` (or ``PET_SIGNALS_TO_HANDLE``), and
+    otherwise dies of it (slurm/train.sbatch shows both). On the command line: ``--launch.signals
+    SIGTERM,SIGUSR1``. Empty: no handler is installed."""
+
+    preempt_exit_code: int = 143
+    """Exit status of a training process that stopped for a signal (143 = 128 + SIGTERM, the shell's
+    convention). torchrun reports 1 whatever its workers return once it was signalled itself, so job
+    scripts that launch through torchrun look for ``preempted.json`` in the run directory instead
+    (slurm/train.sbatch does)."""
+
 
 @dataclass
 class MosaicDataset:
@@ -277,6 +304,7 @@ class JobConfig:
 
 
 def validate_launch(config: Any) -> None:
+    _validate_signals(config.launch)
     stop = config.launch.stop_at_step
     if stop == -1:
         return
@@ -287,6 +315,22 @@ def validate_launch(config: Any) -> None:
             f"launch.stop_at_step = {stop} needs checkpoint.enable = true and a multiple of "
             f"checkpoint.interval (= {config.checkpoint.interval}, enable = {config.checkpoint.enable}); "
             f"otherwise the launch would stop without saving its last steps."
+        )
+
+
+def _validate_signals(launch: Any) -> None:
+    import signal
+
+    for name in launch.signals:
+        sig = getattr(signal, name, None) if name.startswith("SIG") else None
+        if not isinstance(sig, signal.Signals) or sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise ConfigError(
+                f"launch.signals: {name!r} is not a signal a process can catch; use names such as "
+                f"\"SIGTERM\" and \"SIGUSR1\" (got {launch.signals})."
+            )
+    if not 1 <= launch.preempt_exit_code <= 255:
+        raise ConfigError(
+            f"launch.preempt_exit_code must be in 1..255 (an exit status), got {launch.preempt_exit_code}."
         )
 
 

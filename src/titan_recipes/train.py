@@ -4,15 +4,35 @@ This is torchtitan 0.2.2's own ``torchtitan.train.main`` with our TrainSpecs reg
 subclass that validates the config first. On a machine without a usable GPU it applies the CPU fixes
 of :mod:`titan_recipes.cpu` before torchtitan is imported, and torchtitan then trains with gloo; with a
 GPU nothing is patched. Launch it through torchrun (``recipes/<name>/run_train.sh`` does).
+
+Preemption (``[launch] save_on_signal``, on by default): SIGTERM or SIGUSR1 only set a flag; at the
+next step boundary the ranks agree, save a full checkpoint at that step, write ``preempted.json`` into
+the run directory and exit with ``launch.preempt_exit_code``, so a relaunch in the same directory
+continues exactly (tests/integration/test_preemption.py, slurm/train.sbatch).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from . import cpu
 
 logger = logging.getLogger(__name__)
+
+PREEMPTED_FILE = "preempted.json"
+"""Written into the run directory (``job.dump_folder``) by rank 0 when a launch stops for a signal, and
+removed when the next launch starts: job scripts behind torchrun, which turns every worker exit status
+into 1 once it was signalled itself, read it to decide to requeue."""
+
+_preempted: dict[str, Any] = {}
+"""Set by RecipeTrainer when it stopped for a signal; main() logs it last and exits with its code."""
 
 
 def _prepare() -> None:
@@ -38,6 +58,9 @@ def trainer_class():
         def __init__(self, job_config):
             validate_job_config(job_config)
             validate_launch(job_config)
+            self._signal_name: str | None = None  # first preemption signal this process received
+            self._first_step: int | None = None  # the step this launch started from
+            self._install_signal_handlers(job_config)
             register_recipe_spec(job_config.model.name)  # recipes.<any TrainSpec>, on first use
             write_run_record(job_config)
             super().__init__(job_config)
@@ -58,13 +81,105 @@ def trainer_class():
                     )
 
         def should_continue_training(self) -> bool:
+            if self._first_step is None:
+                self._first_step = self.step
+            if self._signal_agreed():
+                self._stop_for_signal()
+                return False
             stop = self.job_config.launch.stop_at_step
             if stop > 0 and self.step >= stop:
                 logger.info("launch.stop_at_step = %d reached; checkpoint saved, exiting this launch.", stop)
                 return False
             return super().should_continue_training()
 
+        # -- preemption: SIGTERM/SIGUSR1 -> agree at a step boundary -> full checkpoint -> exit --------
+
+        def _install_signal_handlers(self, job_config) -> None:
+            launch = job_config.launch
+            if _is_rank0():  # a marker left by an earlier launch must not make this one look preempted
+                _remove_marker(job_config.job.dump_folder)
+            if not launch.save_on_signal:
+                return
+
+            def flag(signum, frame):  # only set a flag: the step in progress finishes first
+                if self._signal_name is None:
+                    self._signal_name = signal.Signals(signum).name
+
+            for name in launch.signals:
+                signal.signal(getattr(signal, name), flag)
+            logger.info(
+                "launch.save_on_signal: %s save a full checkpoint at the next step boundary and exit with "
+                "code %d.", " or ".join(launch.signals), launch.preempt_exit_code,
+            )
+
+        def _signal_agreed(self) -> bool:
+            """Whether any rank got a signal; every rank calls it once per step boundary, so all stop
+            after the same step. One int all-reduced (MAX) over the default process group."""
+            if not self.job_config.launch.save_on_signal or self.step >= self.job_config.training.steps:
+                return False
+            import torch
+            import torch.distributed as dist
+
+            flag = int(self._signal_name is not None)
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                t = torch.tensor([flag], dtype=torch.int32, device=self.device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = int(t.item())
+            return flag > 0
+
+        def _stop_for_signal(self) -> None:
+            cfg, step = self.job_config, self.step
+            code = cfg.launch.preempt_exit_code
+            signal_name = self._signal_name or "another rank's signal"
+            ckpt = self.checkpointer
+            saved = None  # the checkpoint step a relaunch resumes from
+            if step == self._first_step:
+                saved = step if step > 0 else None
+                line = (f"preempted ({signal_name}) before the first step of this launch: nothing new to save "
+                        f"(the run resumes from step {step}), exiting with code {code}")
+            elif not ckpt.enable or ckpt.load_only:
+                line = (f"preempted ({signal_name}) after step {step}: checkpointing is disabled "
+                        f"(checkpoint.enable / load_only), nothing saved, exiting with code {code}")
+            else:
+                regular = step % cfg.checkpoint.interval == 0 or (step == 1 and cfg.checkpoint.enable_first_step_checkpoint)
+                if regular:  # the loop's save() just wrote (or, async, is writing) a full checkpoint here
+                    ckpt._async_wait()  # the process exits next; CheckpointManager.close() does not wait
+                else:
+                    self._save_full_checkpoint(step)
+                saved = step
+                line = f"preempted: saved checkpoint at step {step}, exiting with code {code} ({signal_name})"
+            if _is_rank0():
+                marker = {"step": step, "signal": signal_name, "exit_code": code, "time": time.time(),
+                          "checkpoint": f"{cfg.checkpoint.folder}/step-{saved}" if saved is not None else None}
+                Path(cfg.job.dump_folder, PREEMPTED_FILE).write_text(json.dumps(marker, indent=1) + "\n")
+            _preempted.update(line=line, code=code)  # logged by main() as the launch's last line
+
+        def _save_full_checkpoint(self, step: int) -> None:
+            """CheckpointManager.save(last_step=True) is torchtitan's public way to save off the
+            interval (synchronously, after waiting for any async save in flight). It is meant for the
+            end of training and then honours checkpoint.last_save_model_only / last_save_in_hf, so those
+            are switched off for this one save: a preemption checkpoint must hold the optimizer, LR
+            scheduler, data loader and step, as torchtitan's own comment on _save_last_step intends."""
+            ckpt = self.checkpointer
+            keep = ckpt.last_save_model_only, ckpt.last_save_in_hf
+            ckpt.last_save_model_only = ckpt.last_save_in_hf = False
+            try:
+                ckpt.save(step, last_step=True)
+            finally:
+                ckpt.last_save_model_only, ckpt.last_save_in_hf = keep
+
     return RecipeTrainer
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _remove_marker(run_dir: str) -> None:
+    try:
+        os.remove(os.path.join(run_dir, PREEMPTED_FILE))
+    except FileNotFoundError:
+        pass
 
 
 def main() -> None:
@@ -72,6 +187,9 @@ def main() -> None:
     from torchtitan.train import main as torchtitan_main
 
     torchtitan_main(cls)
+    if _preempted:  # torchtitan's main has closed the trainer and destroyed the process group
+        logger.info(_preempted["line"])
+        sys.exit(_preempted["code"])
 
 
 if __name__ == "__main__":
