@@ -68,8 +68,9 @@ echo "titan-recipes: recipe ${RECIPE}, ${NGPU} process(es), config ${CONFIG_FILE
 set -x
 PYTORCH_ALLOC_CONF="expandable_segments:True" \
 "${PYTHON}" -m torch.distributed.run --nproc_per_node="${NGPU}" --rdzv_backend c10d --rdzv_endpoint="localhost:0" \
+    --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
     --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \
     -m "${TRAIN_FILE}" --job.config_file "${CONFIG_FILE}" --job.dump_folder "${RUN_DIR}" "${DATA_ARGS[@]}" "$@" \
-    2>&1 | tee -a "${RUN_DIR}/train.log"
+    2>&1 | (trap '' TERM USR1; exec tee -a "${RUN_DIR}/train.log")  # tee outlives a preemption signal
 set +x
 echo "titan-recipes: run directory ${RUN_DIR} (metrics.jsonl, run.json, train.log, checkpoint/)"
