@@ -41,14 +41,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import xxhash
 
 from ..config import ConfigError
-from .common import DataError, GlobalOrderLoader, Workers, fingerprint, training_workers
+from .common import DataError, FinitePass, GlobalOrderLoader, Workers, fingerprint, training_workers
 from .megatron_format import MegatronShard
 
 logger = logging.getLogger(__name__)
@@ -296,11 +296,10 @@ class BlendCorpusLoader(GlobalOrderLoader):
         _, shard, k = self.blend[index]
         return self.shards[int(shard)].sample(int(k))
 
-    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        for batch in super().__iter__():
-            # The rows' sample ids are blend entries (corpus, shard, sample).
-            self.last_corpus_ids = torch.from_numpy(np.asarray(self.blend[self.last_sample_ids][:, 0], np.int64))
-            yield batch
+    def on_batch(self, ids: np.ndarray) -> None:
+        super().on_batch(ids)
+        # The rows' sample ids are blend entries (corpus, shard, sample).
+        self.last_corpus_ids = torch.from_numpy(np.asarray(self.blend[ids][:, 0], np.int64))
 
 
 def _atomic_save(cache: Path, path: Path, array: np.ndarray, description_path: Path, parts: dict[str, Any]) -> None:
@@ -353,16 +352,12 @@ def build_blendcorpus_loader(dp_world_size: int, dp_rank: int, tokenizer, job_co
 VALIDATION_SPLITS = {"valid": 1, "test": 2}
 
 
-class BlendCorpusValidationLoader(BlendCorpusLoader):
+class BlendCorpusValidationLoader(FinitePass, BlendCorpusLoader):
     """A finite pass over the valid (or test) split of the blend (``validation.dataset = "blendcorpus"``).
 
-    The same file list, ``[blendcorpus]`` settings and blend as training, with ``split_index`` 1 (or 2).
-    Each ``next()`` is one micro-batch: the ranks together take ``dp_world_size * local_batch_size``
-    consecutive blend entries, rank ``r`` the ``r``-th block (as in training). Every pass yields
-    ``num_samples // (dp_world_size * local_batch_size)`` batches on every rank, so all ranks stop
-    together (torchtitan's ``validation.steps = -1`` would hang on uneven counts); the remainder is
-    left out, and logged. Each ``iter()`` starts again at sample 0, so every validation run sees the
-    same samples. No checkpoint state.
+    The same file list, ``[blendcorpus]`` settings and blend as training, with ``split_index`` 1 (or 2),
+    read as a :class:`~titan_recipes.data.common.FinitePass` (equal batch counts on every rank,
+    restarts at sample 0, no checkpoint state); ``last_corpus_ids`` as in training.
     """
 
     state_key = "blendcorpus_validation"
@@ -371,37 +366,10 @@ class BlendCorpusValidationLoader(BlendCorpusLoader):
         kwargs.setdefault("split_index", 1)
         split = kwargs.get("split", "98,1,1")
         super().__init__(**kwargs)
-        global_batch = self.local_batch_size * self.dp_world_size
-        self.steps = self.num_samples // global_batch
-        if self.steps == 0:
-            raise DataError(
-                f"BlendCorpus validation: the {self.split_name} split (blendcorpus.split = '{split}') has "
-                f"{self.num_samples} samples, fewer than one global batch of {global_batch} "
-                f"(validation.local_batch_size {self.local_batch_size} x {self.dp_world_size} DP ranks). "
-                f"Give the {self.split_name} split a larger share or use a smaller validation.local_batch_size."
-            )
-        left = self.num_samples - self.steps * global_batch
-        if left:
-            logger.warning(
-                "BlendCorpus validation (%s split): %d batches of %d samples per pass; the last %d of %d "
-                "samples are not used (every rank must run the same number of batches).",
-                self.split_name, self.steps, global_batch, left, self.num_samples,
-            )
-
-    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        global_batch = self.local_batch_size * self.dp_world_size
-        for step in range(self.steps):
-            rows, ids = self.read_micro_batch(step * global_batch)
-            self.last_sample_ids = ids
-            self.last_corpus_ids = torch.from_numpy(np.asarray(self.blend[ids][:, 0], np.int64))
-            batch = torch.from_numpy(rows)
-            yield {"input": batch[:, :-1]}, batch[:, 1:]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        return None
+        self.init_finite_pass(
+            f"BlendCorpus validation: the {self.split_name} split (blendcorpus.split = '{split}')",
+            f"Give the {self.split_name} split a larger share or use a smaller validation.local_batch_size.",
+        )
 
 
 def build_blendcorpus_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> BlendCorpusValidationLoader:

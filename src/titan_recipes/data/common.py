@@ -209,6 +209,10 @@ class GlobalOrderLoader(BaseDataLoader):
         rows = np.stack([self.sample(int(i)) for i in ids]).astype(np.int64)
         return rows, ids
 
+    def on_batch(self, ids: np.ndarray) -> None:
+        """Called with the sample ids of each micro-batch as it is handed out (training process)."""
+        self.last_sample_ids = ids
+
     def before_batch(self, consumed: int) -> None:
         """Called in the training process before the micro-batch at ``consumed`` is read (or, with
         workers, before it is handed out). Subclasses use it to prepare data ahead; a no-op here."""
@@ -264,7 +268,7 @@ class GlobalOrderLoader(BaseDataLoader):
                     "Dataset %s: entering epoch %d (%d samples per epoch); data will repeat.",
                     self.name, epoch, self.num_samples,
                 )
-            self.last_sample_ids = ids
+            self.on_batch(ids)
             # Advance before yielding: a checkpoint taken after this batch was consumed records it.
             self.consumed_samples += self.local_batch_size * self.dp_world_size
             batch = torch.from_numpy(rows)
@@ -299,3 +303,47 @@ class GlobalOrderLoader(BaseDataLoader):
                 f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data deliberately."
             )
         self.consumed_samples = int(state["consumed_samples"])
+
+
+class FinitePass:
+    """Mixin that turns a :class:`GlobalOrderLoader` subclass into a validation loader: one finite pass.
+
+    Each ``iter()`` starts at global sample 0 and yields ``steps = num_samples // (dp_world_size *
+    local_batch_size)`` micro-batches on every rank, cut like training (rank ``r`` takes the ``r``-th
+    block), so all ranks stop together (torchtitan's ``validation.steps = -1`` would hang on uneven
+    counts) and every validation run sees the same samples. The remainder is left out, and logged.
+    No checkpoint state. List it first: ``class V(FinitePass, SomeLoader)``; call
+    :meth:`init_finite_pass` at the end of ``__init__``.
+    """
+
+    steps: int
+
+    def init_finite_pass(self, what: str, fix: str) -> None:
+        """``what`` names the data in messages; ``fix`` says what to change when there is no batch."""
+        global_batch = self.local_batch_size * self.dp_world_size
+        self.steps = self.num_samples // global_batch
+        if self.steps == 0:
+            raise DataError(
+                f"{what} has {self.num_samples} samples, fewer than one global batch of {global_batch} "
+                f"(validation.local_batch_size {self.local_batch_size} x {self.dp_world_size} DP ranks). {fix}"
+            )
+        left = self.num_samples - self.steps * global_batch
+        if left:
+            logger.warning(
+                "%s: %d batches of %d samples per pass; the last %d of %d samples are not used (every rank "
+                "must run the same number of batches).", what, self.steps, global_batch, left, self.num_samples,
+            )
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        global_batch = self.local_batch_size * self.dp_world_size
+        for step in range(self.steps):
+            rows, ids = self.read_micro_batch(step * global_batch)
+            self.on_batch(ids)
+            batch = torch.from_numpy(rows)
+            yield {"input": batch[:, :-1]}, batch[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None

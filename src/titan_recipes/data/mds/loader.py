@@ -10,12 +10,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ...config import ConfigError
-from ..common import DataError, GlobalOrderLoader, Workers, fingerprint, training_workers
+from ..common import DataError, FinitePass, GlobalOrderLoader, Workers, fingerprint, training_workers
 from .compat import _remote_error, import_streaming
 from .writer import (
     CONVERSION_FILE,
@@ -753,15 +753,11 @@ def _tokenizer_setting(job_config) -> tuple[str | None, str]:
 VALIDATION_KEYS = tuple(k for k in STREAM_KEYS if k not in ("proportion", "repeat", "choose"))
 
 
-class MDSValidationLoader(MDSLoader):
+class MDSValidationLoader(FinitePass, MDSLoader):
     """A finite pass over validation MDS streams: every sample once, in index order, no shuffling.
 
-    Streams are concatenated in config order. Each ``next()`` is one micro-batch: the ranks together
-    take ``dp_world_size * local_batch_size`` consecutive samples, rank ``r`` the ``r``-th block (as
-    in training). Every pass yields ``num_samples // (dp_world_size * local_batch_size)`` batches on
-    every rank, so all ranks stop together (torchtitan's ``validation.steps = -1`` would hang on
-    uneven counts); the remainder is left out, and logged. Each ``iter()`` starts again at sample 0,
-    so every validation run sees the same samples. No checkpoint state.
+    Streams are concatenated in config order; the pass is :class:`~titan_recipes.data.common.FinitePass`
+    (equal batch counts on every rank, restarts at sample 0, no checkpoint state).
     """
 
     state_key = "mds_validation"
@@ -769,35 +765,9 @@ class MDSValidationLoader(MDSLoader):
 
     def __init__(self, **kwargs):
         super().__init__(shuffle=False, **kwargs)
-        global_batch = self.local_batch_size * self.dp_world_size
-        self.steps = self.num_samples // global_batch
-        if self.steps == 0:
-            raise DataError(
-                f"Validation data has {self.num_samples} samples, fewer than one global batch of "
-                f"{global_batch} (validation.local_batch_size {self.local_batch_size} x {self.dp_world_size} "
-                f"DP ranks). Use more validation data or a smaller validation.local_batch_size."
-            )
-        left = self.num_samples - self.steps * global_batch
-        if left:
-            logger.warning(
-                "Validation: %d batches of %d samples per pass; the last %d of %d samples are not used "
-                "(every rank must run the same number of batches).", self.steps, global_batch, left, self.num_samples,
-            )
-
-    def __iter__(self) -> Iterator[tuple[dict[str, Any], Any]]:
-        import torch
-
-        for step in range(self.steps):
-            consumed = step * self.local_batch_size * self.dp_world_size
-            rows = [self.sample(self.global_index_to_sample(g)) for g in self.rank_indices(consumed)]
-            batch = torch.from_numpy(np.stack(rows).astype(np.int64))
-            yield {"input": batch[:, :-1]}, batch[:, 1:]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        return None
+        self.init_finite_pass(
+            "Validation data", "Use more validation data or a smaller validation.local_batch_size."
+        )
 
 
 def build_mds_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> MDSValidationLoader:
