@@ -20,8 +20,6 @@ to every row).
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import sys
 from multiprocessing import Pool
@@ -29,21 +27,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from titan_recipes.data.common import DataError
+from titan_recipes.data.common import DataError, iter_jsonl_texts
 from titan_recipes.data.megatron_format import MegatronShard, MegatronWriter, idx_path, token_dtype
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
-
-
-def open_jsonl(path: Path):
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if name.endswith(".zst"):
-        import zstd
-
-        return io.StringIO(zstd.decompress(path.read_bytes()).decode("utf-8"))
-    return open(path, encoding="utf-8")
 
 
 def output_prefix(path: Path, output_dir: Path) -> Path:
@@ -73,14 +60,8 @@ def tokenize_file(job: tuple[str, str, str, bool]) -> dict:
     eod = tok.eos_id
     if append_eod and (eod is None or eod < 0):
         raise DataError(f"{src}: the tokenizer has no EOS/EOD token; pass --no-append-eod.")
-    with open_jsonl(Path(src)) as f, MegatronWriter(prefix, token_dtype(tok.get_vocab_size())) as w:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_key]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{src}:{lineno}: not a JSON object with a '{text_key}' field ({e!r})") from None
+    with MegatronWriter(prefix, token_dtype(tok.get_vocab_size())) as w:
+        for text in iter_jsonl_texts(Path(src), text_key):
             ids = tok.encode(text, add_bos=False, add_eos=False)
             w.add_document([*ids, eod] if append_eod else ids)
     return {"prefix": prefix, "documents": len(w.lengths), "tokens": w.num_tokens}

@@ -32,13 +32,27 @@ class FingerprintMismatchError(DataError):
     """A checkpoint was written for other data (or another data order) than the configured one."""
 
 
+def open_text(path: Path):
+    """A UTF-8 text file for reading; ``.gz`` is decompressed as it is read, ``.zst`` in memory at once
+    (the pinned ``zstd`` module has no streaming reader)."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.name.endswith(".zst"):
+        import io
+
+        import zstd
+
+        return io.StringIO(zstd.decompress(path.read_bytes()).decode("utf-8"))
+    return open(path, encoding="utf-8")
+
+
 def iter_jsonl_texts(path: Path, field: str = "text") -> Iterator[str]:
-    """The ``field`` (default ``text``) of each non-blank line of a JSONL (or .jsonl.gz) file, streamed.
-    A line that is not a JSON object with a string ``field`` is a DataError naming ``file:line``."""
+    """The ``field`` (default ``text``) of each non-blank line of a JSONL (.jsonl, .jsonl.gz or
+    .jsonl.zst) file, streamed. A line that is not a JSON object with a string ``field`` is a DataError
+    naming ``file:line``."""
     if not path.is_file():
         raise DataError(f"Input file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
