@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import filecmp
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -20,3 +22,15 @@ def launch(recipe: Path, nproc: int, run_dir: Path, *overrides: str, env: dict |
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"training failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    """Two DCP checkpoint directories hold bitwise-identical tensor files and the same state-dict
+    layout. (.metadata also records the checkpoint's path and a random save id, so it is compared
+    through its state-dict layout instead of byte for byte.)"""
+    files = sorted(p.name for p in a.iterdir() if p.suffix == ".distcp")
+    assert files and files == sorted(p.name for p in b.iterdir() if p.suffix == ".distcp")
+    _, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    assert mismatch == [] and errors == [], f"checkpoint files differ: {mismatch} {errors}"
+    meta_a, meta_b = (pickle.loads((d / ".metadata").read_bytes()) for d in (a, b))
+    assert meta_a.state_dict_metadata == meta_b.state_dict_metadata

@@ -5,15 +5,13 @@ Every test launches ``recipes/debug/run_train.sh`` in a subprocess, exactly as a
 
 from __future__ import annotations
 
-import filecmp
 import json
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-from launching import DEBUG_RECIPE, assert_ok, launch
+from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch
 from titan_recipes import fixtures as fx
 from titan_recipes.records import read_metrics
 
@@ -97,14 +95,7 @@ def test_checkpoint_resume_is_exact(uninterrupted, tmp_path):
 
     final_a = uninterrupted / "checkpoint" / f"step-{STEPS}"
     final_b = run_dir / "checkpoint" / f"step-{STEPS}"
-    # The tensor files are bitwise identical. (.metadata also records the checkpoint's path and a
-    # random save id, so it is compared through its state-dict layout instead.)
-    files = sorted(p.name for p in final_a.iterdir() if p.suffix == ".distcp")
-    assert files and files == sorted(p.name for p in final_b.iterdir() if p.suffix == ".distcp")
-    match, mismatch, errors = filecmp.cmpfiles(final_a, final_b, files, shallow=False)
-    assert mismatch == [] and errors == [], f"checkpoint files differ: {mismatch} {errors}"
-    meta_a, meta_b = (pickle.loads((d / ".metadata").read_bytes()) for d in (final_a, final_b))
-    assert meta_a.state_dict_metadata == meta_b.state_dict_metadata
+    assert_same_checkpoint(final_a, final_b)
     a, b = _checkpoint_tensors(final_a), _checkpoint_tensors(final_b)
     assert a.keys() == b.keys() and len(a) > 0
     assert all(torch.equal(a[k], b[k]) for k in a)

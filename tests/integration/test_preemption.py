@@ -12,7 +12,6 @@ returns torchrun's status. Job scripts therefore read ``preempted.json`` (slurm/
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import pickle
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import DEBUG_RECIPE, assert_ok, launch
+from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch
 from titan_recipes import fixtures as fx
 from titan_recipes.records import read_metrics
 from titan_recipes.train import PREEMPTED_FILE
@@ -120,16 +119,6 @@ def _assert_full_checkpoint(step_dir: Path) -> None:
     assert {"optimizer", "lr_scheduler", "dataloader", "train_state", "tok_embeddings"} <= sections, sections
 
 
-def _assert_same_final_weights(run_a: Path, run_b: Path) -> None:
-    a, b = run_a / "checkpoint" / f"step-{STEPS}", run_b / "checkpoint" / f"step-{STEPS}"
-    files = sorted(p.name for p in a.iterdir() if p.suffix == ".distcp")
-    assert files and files == sorted(p.name for p in b.iterdir() if p.suffix == ".distcp")
-    _, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
-    assert mismatch == [] and errors == [], f"final checkpoint files differ: {mismatch} {errors}"
-    meta_a, meta_b = (pickle.loads((d / ".metadata").read_bytes()) for d in (a, b))
-    assert meta_a.state_dict_metadata == meta_b.state_dict_metadata
-
-
 def test_sigterm_saves_and_relaunch_is_exact(tmp_path):
     """SIGTERM to torchrun and its worker at once, as Slurm signals every process of a job step
     (run_train.sh's shell and tee are spared so that train.log keeps the launch's end; under Slurm,
@@ -162,7 +151,7 @@ def test_sigterm_saves_and_relaunch_is_exact(tmp_path):
     assert got == want  # full float precision, every step
     result = fx.check_run(DEBUG_RECIPE, run_dir, key=fx.current_key(1))
     assert result.ok, result.table()
-    _assert_same_final_weights(run_dir, reference)
+    assert_same_checkpoint(run_dir / "checkpoint" / f"step-{STEPS}", reference / "checkpoint" / f"step-{STEPS}")
 
 
 @pytest.mark.slow
