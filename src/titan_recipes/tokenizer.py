@@ -46,7 +46,7 @@ def tokenizer_path(job_config) -> tuple[str | None, str]:
     """
     mosaic = getattr(job_config, "mosaic_tokenizer", None)
     if mosaic is None or (not mosaic.name and not mosaic.kwargs):
-        return job_config.model.hf_assets_path, "model.hf_assets_path"
+        return getattr(job_config.model, "hf_assets_path", None), "model.hf_assets_path"
     if job_config.training.dataset != "mds":
         raise ConfigError(
             f"[mosaic_tokenizer] is set but training.dataset = '{job_config.training.dataset}'; it configures the "
@@ -66,7 +66,7 @@ def tokenizer_path(job_config) -> tuple[str | None, str]:
         )
     if mosaic.name:
         return mosaic.name, "mosaic_tokenizer.name"
-    return job_config.model.hf_assets_path, "model.hf_assets_path"
+    return getattr(job_config.model, "hf_assets_path", None), "model.hf_assets_path"
 
 
 def build_tokenizer(job_config):

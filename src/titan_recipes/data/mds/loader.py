@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ...config import ConfigError
+from ...tokenizer import tokenizer_path
 from ..common import DataError, FinitePass, GlobalOrderLoader, Workers, fingerprint, training_workers
 from .compat import _remote_error, import_streaming
 from .writer import (
@@ -734,16 +735,8 @@ def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) ->
         predownload=cfg.dataset.predownload,
     )
     # After the loader: it downloads a remote stream's index.json and conversion.json into local.
-    check_tokenizer_matches(specs, *_tokenizer_setting(job_config))
+    check_tokenizer_matches(specs, *tokenizer_path(job_config))
     return loader
-
-
-def _tokenizer_setting(job_config) -> tuple[str | None, str]:
-    from ...tokenizer import tokenizer_path
-
-    if not hasattr(job_config, "mosaic_tokenizer"):
-        return getattr(job_config.model, "hf_assets_path", None), "model.hf_assets_path"
-    return tokenizer_path(job_config)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -794,5 +787,5 @@ def build_mds_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job
         dp_world_size=dp_world_size,
         name="mds_validation",
     )
-    check_tokenizer_matches(specs, *_tokenizer_setting(job_config))
+    check_tokenizer_matches(specs, *tokenizer_path(job_config))
     return loader
