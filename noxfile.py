@@ -1,9 +1,9 @@
 """nox sessions for titan-recipes. All sessions share one pinned environment in ``.venv``.
 
     nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1 min)
-    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~5.5 min)
-    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (~4 min)
-    nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (~2.5 min)
+    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~16 min)
+    nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (shorter; not re-measured)
+    nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (3 recipes x 2 entries)
     nox -s bench       MDS loader and remote-streaming throughput -> runs/bench/          (~1 min; not in the default)
 
 Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~2 min
