@@ -167,7 +167,7 @@ class ChunkPlanner:
     def next_chunk(self) -> Chunk:
         """Plan chunk ``next_chunk_index`` from the current cursors, then advance them."""
         k = self.next_chunk_index
-        counts = chunk_counts(self.mixture.at(self.step_of_chunk(k)).weights, self.chunk_size)
+        counts = chunk_counts(self.mixture.weights_for_chunk(k, self.step_of_chunk(k)), self.chunk_size)
         items: list[tuple[Any, int]] = []
         for domain, count in counts.items():
             items.extend((domain, sid) for sid in self._take(domain, self.cursors[domain], count))

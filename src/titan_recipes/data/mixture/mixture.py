@@ -24,10 +24,23 @@ class Mixture(ABC):
     """Weights over the values (domains) of ``property``, as a function of the training step."""
 
     property: str
+    dynamic = False
+    """True for mixtures that change from training feedback (ADO): their state is checkpointed."""
 
     @abstractmethod
     def at(self, step: int) -> "StaticMixture":
         """The weights in force at ``step`` (0-based)."""
+
+    def weights_for_chunk(self, chunk: int, step: int) -> dict[Any, float]:
+        """The weights of chunk ``chunk``, which starts in training step ``step`` (what the planner asks)."""
+        return self.at(step).weights
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs beyond :meth:`to_dict` (nothing for static and scheduled mixtures)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     @property
     @abstractmethod
