@@ -41,16 +41,7 @@ cd "${REPO}"
 # The data: train = documents [0, n-200), val = the last 200 documents of the embedded corpus, both
 # packed into samples of 257 tokens (training.seq_len 256) with the committed tokenizer, zstd shards.
 # The conversion is deterministic, so every machine makes byte-identical shards.
-CORPUS="assets/data/tinyshakespeare.txt"
-TOKENIZER="assets/tokenizers/shakespeare-bpe-2048"
-for split in train val; do
-    if [[ ! -f "${DATA_DIR}/${split}/index.json" ]]; then
-        if [[ "${split}" == train ]]; then range="0:-200"; else range="-200:"; fi
-        echo "titan-recipes: converting ${CORPUS} documents [${range}] into ${DATA_DIR}/${split}"
-        "${PYTHON}" scripts/mds_convert.py "${CORPUS}" --tokenizer "${TOKENIZER}" --seq-len 256 \
-            --compression zstd --documents="${range}" --out "${DATA_DIR}/${split}" --overwrite --no-progress
-    fi
-done
+scripts/make_shakespeare_mds.sh "${DATA_DIR}" "${PYTHON}"
 
 mkdir -p "${RUN_DIR}"
 echo "titan-recipes: recipe ${RECIPE}, ${NGPU} process(es), config ${CONFIG_FILE}, run directory ${RUN_DIR}"

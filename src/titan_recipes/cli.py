@@ -4,6 +4,8 @@
     titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY]
     titan-recipes fixtures verify RECIPE_DIR [--nproc N]        # run the recipe, then check it
     titan-recipes fixtures regen  RECIPE_DIR [--nproc N] [--repeats R] [-- --section.key value ...]
+    titan-recipes runs list [DIR] | compare RUN_A RUN_B | plot RUN [--recipe R] [-o PNG]   # run records
+    titan-recipes new SRC_RECIPE DST_DIR [--name NAME]        # copy a recipe, fixtures cleared
 
 ``check`` and ``verify`` print a step-by-step diff table and exit 1 on a mismatch.
 """
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from . import fixtures as fx
+from .runs_cli import register as register_runs_commands
 
 RUNS_DIR = fx.REPO_ROOT / "runs"
 GPU_RTOL_FLOOR = 1e-4
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="runs to make; CPU runs must agree, GPU runs give rtol")
     p.set_defaults(func=cmd_regen)
+    register_runs_commands(sub)  # runs list/compare/plot, new
     return parser
 
 

@@ -12,7 +12,8 @@ One entry per key ``<device>-torch<version>-<nproc>`` (``cpu-torch2.13.0-1``,
           "decimals": 5,            # CPU: equal after rounding to the printed precision
           "rtol": null,             # GPU: relative tolerance derived from repeated runs
           "losses": {"1": 8.13869, "2": 8.08467, ...},
-          "provenance": {"command": "...", "date": "...", "git": {...}, "versions": {...}, "host": "..."}
+          "provenance": {"command": "...", "config_file": "recipes/debug/train.toml", "date": "...",
+                         "git": {...}, "versions": {...}, "device": "..."}
         }
       }
     }
@@ -20,6 +21,12 @@ One entry per key ``<device>-torch<version>-<nproc>`` (``cpu-torch2.13.0-1``,
 A fixture is only ever written from a real run of the recipe (:func:`record_entry` reads that run's
 ``metrics.jsonl`` and ``run.json``). Comparison never widens a tolerance: CPU keys compare the losses
 rounded to ``decimals`` (torchtitan prints ``loss: {:8.5f}``), GPU keys use the stored ``rtol``.
+
+``provenance.config_file`` is the TOML the recorded run read (from its ``run.json``), relative to the
+repository. A recipe whose ``run_train.sh`` picks its config by device (``llama3_1b``: ``smoke.toml``
+without a GPU) reproduces it from the entry's command alone; :func:`check_run` refuses a run whose
+config file has another name (``train.toml`` against a ``smoke.toml`` entry; a copy of the recorded
+file elsewhere, as the integration tests make, is accepted and compared by its losses).
 """
 
 from __future__ import annotations
@@ -35,10 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import METRICS_FILE, RUN_FILE, read_metrics
+from .records import LOSS_KEY, METRICS_FILE, RUN_FILE, read_metrics
 
 FIXTURE_FILE = "expected_loss.json"
-LOSS_KEY = "loss_metrics/global_avg_loss"
 CPU_DECIMALS = 5
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,9 +171,22 @@ def compare(entry: dict[str, Any], actual: dict[int, float], key: str) -> Compar
     return Comparison(key, rows, rule)
 
 
+def _repo_relative(path: str | None) -> str | None:
+    return None if path is None else os.path.relpath(Path(path).resolve(), REPO_ROOT)
+
+
 def check_run(recipe_dir: Path, run_dir: Path, key: str | None = None) -> Comparison:
     key = key or run_key(run_dir)
-    return compare(get_entry(recipe_dir, key), run_losses(run_dir), key)
+    entry = get_entry(recipe_dir, key)
+    recorded = (entry.get("provenance") or {}).get("config_file")
+    used = _repo_relative(run_info(run_dir).get("config_file"))
+    # File names, not paths: tests and users run edited copies of a recipe's TOML from elsewhere.
+    if recorded is not None and used is not None and Path(used).name != Path(recorded).name:
+        raise FixtureError(
+            f"{run_dir} read config {used}, but fixture entry {key} was recorded from {recorded}: the "
+            f"losses are not comparable. Launch with CONFIG_FILE={recorded}."
+        )
+    return compare(entry, run_losses(run_dir), key)
 
 
 def launch_recipe(
@@ -205,6 +224,7 @@ def record_entry(
         "losses": {str(s): round(v, CPU_DECIMALS) if cpu else v for s, v in sorted(losses.items())},
         "provenance": {
             "command": _display_command(recipe_dir, nproc, overrides),
+            "config_file": _repo_relative(info.get("config_file")),
             "date": time.strftime("%Y-%m-%d"),
             "git": info.get("git"),
             "versions": info.get("versions"),

@@ -12,6 +12,7 @@ from .blend import build_blendcorpus_loader
 from .common import DataError, FingerprintMismatchError, GlobalOrderLoader, Workers, training_workers
 from .mds import build_mds_loader
 from .mixture.loader import build_mixture_loader
+from .random_tokens import build_random_token_loader
 from .text import EMBEDDED_DATASETS, PackedTextLoader, resolve_text_path
 
 DataLoaderBuilder = Callable[..., BaseDataLoader]
@@ -40,6 +41,7 @@ DATALOADERS: dict[str, DataLoaderBuilder] = {"text": build_text_loader, "mds": b
 DATALOADERS.update({name: build_text_loader for name in EMBEDDED_DATASETS})
 DATALOADERS["blendcorpus"] = build_blendcorpus_loader
 DATALOADERS["mixture"] = build_mixture_loader
+DATALOADERS["random"] = build_random_token_loader
 
 
 def build_dataloader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> BaseDataLoader:
