@@ -5,6 +5,9 @@
     nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (shorter; not re-measured)
     nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (3 recipes x 2 entries)
     nox -s bench       MDS loader and remote-streaming throughput -> runs/bench/          (~1 min; not in the default)
+    nox -s image       build the GPU image (Dockerfile + env/gpu.lock) with docker or podman
+    nox -s enroot      import that image into a .sqsh file for pyxis/enroot
+    nox -s gpu         train a recipe on this node's GPUs, check its fixture, print throughput/MFU
 
 Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~2 min
 (``pip install --no-deps -r env/cpu.lock``). The environment is rebuilt only when env/cpu.lock or
@@ -111,3 +114,72 @@ def bench(session: nox.Session) -> None:
     py = pinned_env(session)
     for script in ("bench_mds_loader.py", "bench_mds_remote.py"):
         session.run(py, str(ROOT / "scripts" / script), "--out", str(ROOT / "runs" / "bench"), *session.posargs, external=True)
+
+
+# Container sessions. titan_recipes/container.py builds every command line (tests/unit/test_container.py
+# checks them); these sessions only run them. README, "On a cluster".
+IMAGE_PY = Path("/opt/venv/bin/python")  # the image's interpreter (Dockerfile)
+
+
+def _container():
+    """src/titan_recipes/container.py, loaded by path: it needs only the standard library, so `image` and
+    `enroot` run with nox's own Python on a build machine that has no .venv and no torch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("titan_recipes_container", ROOT / "src" / "titan_recipes" / "container.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image_plan(session: nox.Session):
+    """(container module, engine, lock, tag) from $CONTAINER_ENGINE, $GPU_LOCK and $IMAGE_TAG."""
+    c = _container()
+    try:
+        lock = c.read_lock(Path(os.environ.get("GPU_LOCK", ROOT / c.GPU_LOCK)))
+        engine = c.detect_engine()
+        tag = os.environ.get("IMAGE_TAG") or c.image_tag(lock, c.project_version(ROOT))
+    except c.ContainerError as e:
+        session.error(str(e).rstrip("."))  # nox adds the full stop
+    return c, engine, lock, tag
+
+
+@nox.session
+def image(session: nox.Session) -> None:
+    """Build the GPU image from the Dockerfile and env/gpu.lock with docker or podman (whichever has a
+    working engine; $CONTAINER_ENGINE picks). Tag: titan-recipes:<version>-torch<torch>, or $IMAGE_TAG;
+    another lock: $GPU_LOCK. Arguments after ``--`` go to ``<engine> build`` (``-- --no-cache``)."""
+    c, engine, lock, tag = _image_plan(session)
+    command = c.build_command(
+        engine, lock, tag, context=ROOT, dockerfile=ROOT / "Dockerfile", revision=c.git_revision(ROOT), extra=session.posargs
+    )
+    session.run(*command, external=True)
+    session.log(f"built {tag}; next: nox -s enroot")
+
+
+@nox.session
+def enroot(session: nox.Session) -> None:
+    """Import the image built by `nox -s image` into a squashfs file for pyxis/enroot:
+    ``nox -s enroot [-- OUTPUT.sqsh]`` (default runs/images/<tag>.sqsh)."""
+    c, engine, lock, tag = _image_plan(session)
+    output = Path(session.posargs[0]) if session.posargs else ROOT / "runs" / "images" / (tag.replace(":", "-") + ".sqsh")
+    try:
+        c.require_enroot()
+    except c.ContainerError as e:
+        session.error(str(e).rstrip("."))
+    if not c.image_present(engine, tag):
+        session.error(f"image {tag} not found in {engine.name}'s local images: build it first with `nox -s image`")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    session.run(*c.enroot_import_command(engine, tag, output), external=True)
+    session.log(f"image file: {output} (IMAGE={output} sbatch slurm/train.sbatch ...)")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """Train a recipe on this node's GPUs through its run_train.sh with the overrides of its fixture for
+    this GPU type, compare the losses and print throughput/MFU:
+    ``nox -s gpu [-- recipes/debug --nproc 8 [-- --training.steps 50]]``. Interpreter: $PYTHON, else the
+    image's /opt/venv/bin/python inside the image, else .venv (a CPU build: the session then says so)."""
+    py = os.environ.get("PYTHON") or (str(IMAGE_PY) if IMAGE_PY.exists() else pinned_env(session))
+    session.run(py, "-m", "titan_recipes.container", "gpu", *(session.posargs or ["recipes/debug"]), external=True)
