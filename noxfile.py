@@ -114,6 +114,7 @@ def bench(session: nox.Session) -> None:
     py = pinned_env(session)
     for script in ("bench_mds_loader.py", "bench_mds_remote.py"):
         session.run(py, str(ROOT / "scripts" / script), "--out", str(ROOT / "runs" / "bench"), *session.posargs, external=True)
+    session.run(py, str(ROOT / "scripts" / "bench_mixture.py"), "--out", str(ROOT / "runs" / "bench"), external=True)
 
 
 # Container sessions. titan_recipes/container.py builds every command line (tests/unit/test_container.py

@@ -4,6 +4,11 @@
     titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY]
     titan-recipes fixtures verify RECIPE_DIR [--nproc N]        # run the recipe, then check it
     titan-recipes fixtures regen  RECIPE_DIR [--nproc N] [--repeats R] [-- --section.key value ...]
+    titan-recipes mixture serve    INDEX_DIR [--host 127.0.0.1] [--port 7777]   # served mode of the mixture engine
+    titan-recipes mixture register INDEX_DIR DATA_PATH --name NAME [--parser slimpajama|pile]
+    titan-recipes mixture stats    INDEX_DIR [--property P] [--query JSON]
+    titan-recipes mixture download-slimpajama OUT [--chunks 1] [--files N]  # needs internet access
+    titan-recipes mixture plot     RUN_DIR [-o PNG]                             # per-domain loss + weights
     titan-recipes runs list [DIR] | compare RUN_A RUN_B | plot RUN [--recipe R] [-o PNG]   # run records
     titan-recipes new SRC_RECIPE DST_DIR [--name NAME]        # copy a recipe, fixtures cleared
 
@@ -19,6 +24,7 @@ import time
 from pathlib import Path
 
 from . import fixtures as fx
+from .data.mixture.cli import add_mixture_commands
 from .runs_cli import register as register_runs_commands
 
 RUNS_DIR = fx.REPO_ROOT / "runs"
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="runs to make; CPU runs must agree, GPU runs give rtol")
     p.set_defaults(func=cmd_regen)
+    add_mixture_commands(sub)
     register_runs_commands(sub)  # runs list/compare/plot, new
     return parser
 

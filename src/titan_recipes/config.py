@@ -242,6 +242,51 @@ class BlendCorpus:
 
 
 @dataclass
+class Ado:
+    """``[mixture.ado]``: Adaptive Data Optimization (Jiang et al. 2024, arXiv 2410.11820), as in Mixtera's
+    ``AdoDynamicMixing``. Each step the trainer reduces the per-domain loss sums and token counts over
+    the DP ranks; ADO fits a power law ``L_k(n) = eps_k + beta_k * n**-alpha_k`` per domain and moves
+    the weights toward the domains whose loss still falls fastest. ``mixture.weights`` is the prior
+    (the first weights). See titan_recipes/data/mixture/ado.py for the update and its differences to
+    the paper."""
+
+    enable: bool = False
+    """Adapt the weights during training (needs ``mixture.weights``, not ``schedule``, and
+    ``mixture.per_domain_loss = true``)."""
+
+    warmup_steps: int = 500
+    """Steps whose losses are not used for fitting (Mixtera: ``ignore_initial_steps``); the prior
+    holds until ``warmup_steps + fit_interval`` steps have passed."""
+
+    fit_interval: int = 1000
+    """Steps between two power-law fits (Mixtera: ``scaling_law_update_interval``). Between fits the
+    weights still change every step through the smoothing below."""
+
+    subsample: int = 10
+    """Use every n-th point of a domain's loss curve for the fit (Mixtera: ``subsampling_interval``)."""
+
+    smoothing_window: int = 101
+    """Savitzky-Golay window (cubic) applied to each domain's loss curve before fitting; odd, shortened
+    to the data available; 0 or 1 disables it (Mixtera: ``savgol``, window 101)."""
+
+    gamma1: float = 0.1
+    """Smoothing of the credit-assignment score ``h(t) = gamma1 * pi(t) + (1 - gamma1) * h(t-1)``."""
+
+    gamma2: float = 0.1
+    """Smoothing of the policy ``pi(t) = gamma2 * rho(t) + (1 - gamma2) * pi_bar(t-1)``."""
+
+    s: float = 0.5
+    """Exponent of the credit-assignment score in ``rho_k ~ mu_k * h_k**s * (-dL_k/dn)``."""
+
+    min_weight: float = 0.01
+    """Every domain keeps at least this weight (Mixtera: ``delta_min``); needs ``min_weight * domains <= 1``."""
+
+    count_normalizer: int = 1024
+    """Token counts are divided by this before fitting (the paper's bounds assume samples of 1024
+    tokens; Mixtera's ``count_normalizer``)."""
+
+
+@dataclass
 class Mixture:
     """``[mixture]``: the Mixtera-style mixture engine (titan_recipes/data/mixture), used when
     ``training.dataset = "mixture"``. Samples come from a registered DuckDB sample index, in chunks
@@ -276,6 +321,20 @@ class Mixture:
 
     seed: int = 1234
     """Seed of the per-domain permutations and chunk shuffles. Part of the data fingerprint."""
+
+    server: str = ""
+    """Served mode: ``"host:port"`` of a ``titan-recipes mixture serve INDEX_DIR`` process that serves
+    the index (queries and sample texts) over TCP; ``index_dir`` is then only used in messages. Empty:
+    embedded mode (the index is opened in this process). Both give the same batches and checkpoints."""
+
+    per_domain_loss: bool = True
+    """Report each domain's mean loss and token count every logged step (metrics ``loss_domain/<d>``,
+    ``tokens_domain/<d>``, ``mixture_weight/<d>``); ADO needs it. The training loss is then computed
+    per token (cross-entropy with ``reduction="none"``, summed), which can differ from torchtitan's
+    summed loss in the last float bits. Not available with pipeline or context parallelism, or with
+    loss parallelism (set ``parallelism.disable_loss_parallel = true`` under tensor parallelism)."""
+
+    ado: Ado = field(default_factory=Ado)
 
 
 @dataclass

@@ -47,6 +47,7 @@ def trainer_class():
     from torchtitan.train import Trainer
 
     from .config import ConfigError, validate_job_config, validate_launch
+    from .domain_loss import build_domain_loss
     from .records import write_run_record
     from .specs import register_recipe_spec, register_recipe_specs
 
@@ -60,10 +61,14 @@ def trainer_class():
             validate_launch(job_config)
             self._signal_name: str | None = None  # first preemption signal this process received
             self._first_step: int | None = None  # the step this launch started from
+            self.domain_loss = None  # set after torchtitan's __init__ built the data loader
             self._install_signal_handlers(job_config)
             register_recipe_spec(job_config.model.name)  # recipes.<any TrainSpec>, on first use
             write_run_record(job_config)
             super().__init__(job_config)
+            self.domain_loss = build_domain_loss(self)  # mixture runs: per-domain loss, ADO feedback
+            if self.domain_loss is not None:
+                self.loss_fn = self.domain_loss.loss
             self._check_vocab()
 
         def _check_vocab(self) -> None:
@@ -79,6 +84,16 @@ def trainer_class():
                         f"'{self.job_config.model.flavor}' has vocab_size {vocab}: token ids would index "
                         f"past the embedding. Use a tokenizer with at most {vocab} tokens or another flavor."
                     )
+
+        def post_dataloading_process(self, input_dict, labels):
+            if self.domain_loss is not None:  # the batch's domain ids go to the loss, not the model
+                self.domain_loss.take(input_dict)
+            return super().post_dataloading_process(input_dict, labels)
+
+        def train_step(self, data_iterator):
+            super().train_step(data_iterator)
+            if self.domain_loss is not None:
+                self.domain_loss.end_step(self.step)
 
         def should_continue_training(self) -> bool:
             if self._first_step is None:

@@ -1,73 +1,140 @@
-"""The debug model trains on a mixture (``training.dataset = "mixture"``) of a SlimPajama-format corpus
-registered in a sample index, for real through run_train.sh; a stop/resume pair equals an
-uninterrupted run exactly."""
+"""recipes/mixtera_slimpajama for real through its run_train.sh (which registers the embedded
+SlimPajama-format sample into a DuckDB index): the static mixture with its per-domain loss and an
+exact stop/resume, and the ADO variant whose weights change during training, trained once embedded
+and once served by a ``titan-recipes mixture serve`` process that is killed and restarted between
+the two launches of a stop/resume pair -- the losses and weights equal the embedded run exactly."""
 
 from __future__ import annotations
 
-import gzip
-import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
-import zstd
+import pytest
 
-from launching import DEBUG_RECIPE, assert_ok, launch
+from launching import REPO, assert_ok, launch
 from titan_recipes import fixtures as fx
-from titan_recipes.data.mixture import MixteraIndex
-from titan_recipes.data.text import read_documents, resolve_text_path
+from titan_recipes.data.common import DataError
+from titan_recipes.data.mixture.plot import plot_domains
+from titan_recipes.records import read_metrics
 
-DOMAINS = ("RedPajamaC4", "RedPajamaGithub", "RedPajamaWikipedia")
-STEPS = 4
-INTERVAL = 2
-
-
-def write_slimpajama_corpus(directory, n_docs: int = 1500) -> None:
-    """Tiny Shakespeare documents as SlimPajama JSONL, domains round-robin, in a plain, a gzip and a
-    zstd file."""
-    docs = read_documents(resolve_text_path("tinyshakespeare", None), "\n\n")[:n_docs]
-    directory.mkdir()
-    parts = {"part-00.jsonl": None, "part-01.jsonl.gz": gzip.compress, "part-02.jsonl.zst": zstd.compress}
-    per_file = -(-len(docs) // len(parts))
-    for p, (name, compress) in enumerate(parts.items()):
-        lines = "".join(
-            json.dumps({"text": d, "meta": {"redpajama_set_name": DOMAINS[i % len(DOMAINS)]}}) + "\n"
-            for i, d in enumerate(docs) if i // per_file == p
-        ).encode()
-        (directory / name).write_bytes(compress(lines) if compress else lines)
+RECIPE = REPO / "recipes" / "mixtera_slimpajama"
+DOMAINS = ("RedPajamaBook", "RedPajamaC4", "RedPajamaGithub")
 
 
-def test_debug_model_trains_on_a_mixture_and_resumes_exactly(tmp_path):
-    write_slimpajama_corpus(tmp_path / "corpus")
-    with MixteraIndex(tmp_path / "index") as index:
-        report = index.register_dataset("shakespeare", tmp_path / "corpus", progress=False)
-    assert report.samples_total == 1500
-    toml = tmp_path / "mixture.toml"
-    toml.write_text(
-        (DEBUG_RECIPE / "train.toml").read_text().replace('dataset = "tinyshakespeare"', 'dataset = "mixture"')
-        + f'''
-[mixture]
-index_dir = "{tmp_path / 'index'}"
-property = "redpajama_set_name"
-chunk_size = 64
-seed = 5
+def domain_metrics(run_dir, prefix: str) -> dict[int, dict[str, float]]:
+    return {
+        row["step"]: {d: row[f"{prefix}/{d}"] for d in DOMAINS if f"{prefix}/{d}" in row}
+        for row in read_metrics(run_dir / "metrics.jsonl")
+    }
 
-[mixture.weights]
-RedPajamaC4 = 0.5
-RedPajamaGithub = 0.3
-RedPajamaWikipedia = 0.2
-'''
-    )
-    env = {"CONFIG_FILE": str(toml)}
-    common = ("--training.steps", str(STEPS), "--training.seq_len", "128", "--checkpoint.interval", str(INTERVAL))
+
+def test_static_mixture_matches_its_fixture_with_per_domain_loss_and_resumes_exactly(tmp_path):
+    key = fx.current_key(1)
+    entry = fx.get_entry(RECIPE, key)
+    env = {"DATA_DIR": str(tmp_path / "data")}
     whole = tmp_path / "whole"
-    assert_ok(launch(DEBUG_RECIPE, 1, whole, *common, "--checkpoint.no-enable", env=env))
-    resumed = tmp_path / "resumed"
-    assert_ok(launch(DEBUG_RECIPE, 1, resumed, *common, "--launch.stop_at_step", str(INTERVAL), env=env))
-    second = launch(DEBUG_RECIPE, 1, resumed, *common, env=env)
-    assert_ok(second)
-    assert f"Training starts at step {INTERVAL + 1}" in second.stdout
-    assert "Mixture loader resumes at batch" in second.stdout
+    assert_ok(launch(RECIPE, 1, whole, *entry["overrides"], env=env))
+    assert (tmp_path / "data" / "index" / "index.duckdb").is_file()  # run_train.sh registered the sample
+    result = fx.check_run(RECIPE, whole, key=key)
+    assert result.ok, result.table()
 
+    interval = 10  # train.toml's checkpoint.interval
+    resumed = tmp_path / "resumed"
+    assert_ok(launch(RECIPE, 1, resumed, *entry["overrides"], "--launch.stop_at_step", str(interval), env=env))
+    second = launch(RECIPE, 1, resumed, *entry["overrides"], env=env)
+    assert_ok(second)
+    assert f"Training starts at step {interval + 1}" in second.stdout
+    assert "Mixture loader resumes at batch" in second.stdout
     want, got = fx.run_losses(whole), fx.run_losses(resumed)
-    assert sorted(want) == list(range(1, STEPS + 1))
-    assert all(0 < loss < 20 for loss in want.values())
-    assert want[STEPS] < want[1]
     assert got == want  # full float precision, every step
+
+    # The per-domain losses add up to the training loss; every domain is read; weights are the static ones.
+    losses, tokens = domain_metrics(whole, "loss_domain"), domain_metrics(whole, "tokens_domain")
+    weights = domain_metrics(whole, "mixture_weight")
+    for step, loss in want.items():
+        total = sum(tokens[step].values())
+        assert total == 8 * 256  # local_batch_size x seq_len label tokens, one process
+        assert sum(losses[step][d] * tokens[step][d] for d in losses[step]) / total == pytest.approx(loss, rel=1e-6)
+        assert weights[step] == {"RedPajamaC4": 0.5, "RedPajamaBook": 0.3, "RedPajamaGithub": 0.2}
+    assert all(sum(tokens[s][d] for s in tokens) > 0 for d in DOMAINS)
+    assert domain_metrics(resumed, "loss_domain") == losses
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(index_dir, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "titan_recipes.cli", "mixture", "serve", str(index_dir), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mixture server exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("mixture server did not start listening within 60 s")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_ado_adapts_and_a_served_stop_resume_across_a_server_restart_equals_embedded(tmp_path):
+    steps, interval = 8, 4
+    data = tmp_path / "data"
+    env = {"DATA_DIR": str(data), "CONFIG_FILE": str(RECIPE / "ado.toml")}
+    common = (
+        "--training.steps", str(steps), "--training.seq_len", "128", "--checkpoint.interval", str(interval),
+        "--mixture.ado.warmup_steps", "0", "--mixture.ado.fit_interval", "1",  # first fit at step 3
+    )
+    embedded = tmp_path / "embedded"
+    assert_ok(launch(RECIPE, 1, embedded, *common, "--checkpoint.no-enable", env=env))
+
+    port = _free_port()
+    served = tmp_path / "served"
+    address = ("--mixture.server", f"127.0.0.1:{port}")
+    server = _serve(data / "index", port)
+    try:
+        first = launch(RECIPE, 1, served, *common, *address, "--launch.stop_at_step", str(interval), env=env)
+        assert_ok(first)
+    finally:
+        _kill(server)  # the server goes away between the launches; a new one serves the resume
+    server = _serve(data / "index", port)
+    try:
+        second = launch(RECIPE, 1, served, *common, *address, env=env)
+        assert_ok(second)
+    finally:
+        _kill(server)
+    assert f"Training starts at step {interval + 1}" in second.stdout
+
+    want, got = fx.run_losses(embedded), fx.run_losses(served)
+    assert sorted(want) == list(range(1, steps + 1))
+    assert got == want
+    weights = domain_metrics(embedded, "mixture_weight")
+    assert domain_metrics(served, "mixture_weight") == weights
+    prior = {"RedPajamaC4": 0.5, "RedPajamaBook": 0.3, "RedPajamaGithub": 0.2}
+    assert weights[1] == prior
+    assert weights[steps] != prior  # ADO changed the mixture ...
+    assert "ADO step 3: weights" in first.stdout  # ... already before the stop (first fit at step 3)
+    for w in weights.values():
+        assert sum(w.values()) == pytest.approx(1.0)
+        assert min(w.values()) >= 0.05 - 1e-12  # mixture.ado.min_weight
+
+    png = plot_domains(embedded)  # titan-recipes mixture plot RUN
+    assert png == embedded / "domains.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(DataError, match="no metrics.jsonl"):
+        plot_domains(tmp_path)

@@ -79,3 +79,35 @@ def test_bench_mds_remote(tmp_path):
         assert r["remote_shard_bytes"] > 0
         assert r["cache_bytes"] >= 48 * 65 * 4  # the cold pass filled the cache with every sample
         assert r["warm_over_cold"] == pytest.approx(r["warm"]["tokens_per_s"] / r["cold"]["tokens_per_s"])
+
+
+def test_bench_mixture(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    result = load_script("bench_mixture").main([
+        "--docs", "120", "--files", "2", "--seq-len", "64", "--batch-size", "2", "--chunk-size", "16",
+        "--tokens", "1024", "--ranks", "1", "--repeats", "2", "--server", "thread", "--data", str(tmp_path / "data"),
+        "--out", str(out), "--no-progress",
+    ])
+    data = check_outputs(result, out, "mixture")
+    reg = data["registration"]
+    assert reg["rows"] == data["corpus"]["docs"] == 120 and reg["files"] == 2
+    assert positive(reg["rows_per_s"]) and reg["rows_per_s"] == pytest.approx(120 / reg["seconds"])
+    assert sum(data["corpus"]["domain_docs"].values()) == 120
+    assert [(r["mode"], r["ranks"]) for r in data["results"]] == [("embedded", 1), ("served", 1)]
+    for r in data["results"]:
+        assert len(r["runs"]) == 2 and all(len(ranks) == 1 for ranks in r["runs"])
+        tps = [rank["tokens_per_s"] for (rank,) in r["runs"]]
+        for (rank,) in r["runs"]:
+            assert rank["tokens"] == data["settings"]["timed_batches_per_rank"] * 2 * 64 >= 1024
+        assert positive(r["tokens_per_s_per_rank"]) and r["tokens_per_s_per_rank"] == pytest.approx(sum(tps) / 2)
+        assert r["min_tokens_per_s"] == min(tps)
+        assert r["ratio_1b_h100"] == pytest.approx(r["tokens_per_s_per_rank"] / 57_800)
+    assert data["results"][0]["ratio_embedded"] == 1.0
+    reads = data["read_capacity"]
+    for mode in ("embedded", "served"):
+        assert positive(reads[mode]["docs_per_s"]) and reads[mode]["docs_per_s"] == pytest.approx(
+            120 / reads[mode]["seconds"])
+    assert reads["served_ranks_at_1b_demand"] == pytest.approx(
+        reads["served"]["text_mb_per_s"] * 1e6 / (57_800 * reads["bytes_per_token"]))
+    assert data["demand_tokens_per_s"]["1b_h100"] == 57_800 and "served" in data["table"]

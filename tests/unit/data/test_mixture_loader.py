@@ -13,10 +13,11 @@ import pytest
 import torch
 from mixture_corpus import ARXIV, BOOK, C4, GITHUB, WIKI, write_corpus
 
-from titan_recipes.config import ConfigError, Mixture as MixtureSection
+from titan_recipes.config import Ado, ConfigError, Mixture as MixtureSection
 from titan_recipes.data import DATALOADERS, build_dataloader
 from titan_recipes.data.common import DataError, FingerprintMismatchError, Workers
 from titan_recipes.data.mixture import ChunkPlanner, MixteraIndex, StaticMixture, TextReader, chunk_counts
+from titan_recipes.data.mixture.ado import AdoMixture
 from titan_recipes.data.mixture.loader import MixtureLoader
 
 PROP = "redpajama_set_name"
@@ -221,6 +222,9 @@ def test_build_from_config_with_query_and_schedule(corpus, tokenizer):
         ({"query": [[["nope", "==", 1]]]}, ConfigError, "unknown property"),
         ({"chunk_size": 0}, ConfigError, "mixture.chunk_size"),
         ({"weights": {C4: 0.5, "RedPajamaStackExchange": 0.5}}, DataError, "no samples"),
+        ({"weights": {}, "schedule": {"0": {C4: 1.0}}, "ado": Ado(enable=True)}, ConfigError, "prior as mixture.weights"),
+        ({"ado": Ado(enable=True), "per_domain_loss": False}, ConfigError, "needs mixture.per_domain_loss"),
+        ({"ado": Ado(enable=True, min_weight=0.4)}, ConfigError, "min_weight"),
     ],
 )
 def test_config_errors_name_the_key(corpus, tokenizer, settings, error, match):
@@ -266,3 +270,49 @@ RedPajamaBook = 0.5
     assert (m.index_dir, m.property, m.chunk_size, m.seed, m.weights) == ("idx", PROP, 32, 3, {})
     assert m.schedule == {"0": {C4: 1}, "100": {C4: 0.5, BOOK: 0.5}}
     assert m.query[0][0] == [PROP, "in", [C4, BOOK]]
+
+
+# -- dynamic mixtures and the per-domain loss's ids --------------------------------------------------
+def make_ado_loader(index, tokenizer, rank=0, world=1):
+    ado = AdoMixture(StaticMixture(WEIGHTS, PROP), warmup_steps=0, fit_interval=1, min_weight=0.05)
+    return MixtureLoader(
+        index=index, mixture=ado, tokenizer=tokenizer, seq_len=SEQ_LEN, local_batch_size=B, dp_rank=rank,
+        dp_world_size=world, chunk_size=4, seed=7, emit_domain_ids=True,
+    )
+
+
+def adapt(loader, step):
+    """What the trainer does after a step: new weights from the first chunk not yet planned."""
+    w = [0.2, 0.2, 0.6] if step % 2 else [0.6, 0.3, 0.1]  # (C4, GITHUB, WIKI) sorted by name
+    loader.apply_weights(w, loader.planned_chunks)
+
+
+def take_adapting(loader, n, start=0):
+    it, out = iter(loader), []
+    for step in range(start, start + n):
+        x, y = next(it)
+        out.append((x["input"], x["domain_ids"], y))
+        adapt(loader, step)
+    return out
+
+
+def test_dynamic_weights_apply_to_unplanned_chunks_and_resume_exactly(index, tokenizer):
+    loader = make_ado_loader(index, tokenizer)
+    seen = record_chunks(loader)
+    whole = take_adapting(loader, 12)
+    counts = [Counter(loader.domains[d] for d in domains) for _, _, domains in seen]
+    assert counts[0] == chunk_counts(WEIGHTS, 4) == {C4: 2, GITHUB: 1, WIKI: 1}  # before any update
+    assert {C4: 3, GITHUB: 1} in counts and {C4: 1, GITHUB: 1, WIKI: 2} in counts  # both updates used
+    for x, ids, y in whole:
+        assert ids.shape == y.shape and ids.dtype == torch.int64  # the per-domain loss's ids ride along
+
+    first = make_ado_loader(index, tokenizer)
+    head = take_adapting(first, 5)
+    state = first.state_dict()
+    resumed = make_ado_loader(index, tokenizer)
+    resumed.load_state_dict(state)  # restores the weight updates before re-planning the current chunk
+    tail = take_adapting(resumed, 7, start=5)
+    for a, b in zip(whole, head + tail, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with pytest.raises(ValueError, match="already planned"):
+        resumed.apply_weights([0.4, 0.3, 0.3], resumed.planned_chunks - 1)

@@ -28,28 +28,38 @@ What exists:
 
 - :mod:`.loader` -- :class:`MixtureLoader`, the training loader of ``training.dataset = "mixture"``
   with the ``[mixture]`` config section (``index_dir``, ``property``, ``weights`` or ``schedule``,
-  ``query``, ``chunk_size``, ``seed``): each DP rank reads its block of every chunk, tokenizes the
-  documents with BOS/EOS and packs them into rows of ``seq_len + 1`` tokens; ``last_domain_ids`` /
-  ``last_token_domain_ids`` give each row's / label token's domain. Checkpoint state is per DP rank
-  (exact resume with the same DP degree; fingerprint of index files, mixture and tokenizer).
-  Only ``num_workers = 0``.
+  ``query``, ``chunk_size``, ``seed``, ``server``, ``per_domain_loss``, ``[mixture.ado]``): each DP
+  rank reads its block of every chunk, tokenizes the documents with BOS/EOS and packs them into rows of
+  ``seq_len + 1`` tokens; with ``per_domain_loss`` each batch carries its label tokens' domain ids
+  (``input_dict["domain_ids"]``, consumed by :mod:`titan_recipes.domain_loss`). Checkpoint state is
+  per DP rank (exact resume with the same DP degree; fingerprint of index files, mixture and
+  tokenizer), including a dynamic mixture's state. Only ``num_workers = 0``.
+- :mod:`.ado` -- :class:`~.ado.AdoMixture`: ADO (arXiv 2410.11820, Mixtera's ``AdoDynamicMixing``),
+  per-domain power-law fits of the DP-reduced per-domain losses that the trainer reports every step;
+  new weights apply from the first chunk no rank has planned, so all ranks plan the same chunks.
+- :mod:`.server` -- served mode: :class:`MixtureServer` serves one index read-only over TCP
+  (``titan-recipes mixture serve DIR --host H --port P``; length-prefixed JSON frames, no pickle) and
+  :class:`RemoteIndex` reads it with MixteraIndex's reading interface and results; the planner stays
+  on the ranks, so the server is stateless. :func:`open_index` picks embedded or served mode. The
+  ``titan-recipes mixture`` commands (serve, register, stats, download-slimpajama) are in :mod:`.cli`.
 
-Planned, not built: worker processes for the loader; a per-domain loss in the trainer (from
-``last_domain_ids``); ADO (adaptive weights from per-domain power-law fits, arXiv 2410.11820); a
-server that plans chunks for many clients; a committed recipe directory (recipes/) using the mixture.
-Schedules are placed by document position (one document per row), not exactly by optimizer step.
+Not built: worker processes for the mixture loader (the in-process reader is measured against the
+1B demand by ``scripts/bench_mixture.py``). Schedules are placed by document position (one document
+per row), not exactly by optimizer step.
 """
 
+from .ado import AdoMixture
 from .chunks import Chunk, ChunkPlanner
 from .index import INDEX_FILE, MixteraIndex, RegistrationReport, TextReader, find_jsonl_files
 from .loader import MixtureLoader, build_mixture_loader
 from .mixture import Mixture, ScheduleMixture, StaticMixture, chunk_counts
 from .parsers import PARSERS, FieldParser, MetadataParser, PileParser, SlimPajamaParser
 from .query import OPS, Clause, Query
+from .server import MixtureServer, RemoteIndex, open_index
 
 __all__ = [
-    "Chunk", "ChunkPlanner", "Clause", "FieldParser", "INDEX_FILE", "MetadataParser", "Mixture",
+    "AdoMixture", "Chunk", "ChunkPlanner", "Clause", "FieldParser", "INDEX_FILE", "MetadataParser", "Mixture",
     "MixteraIndex", "MixtureLoader", "OPS", "PARSERS", "PileParser", "Query", "RegistrationReport", "ScheduleMixture",
     "SlimPajamaParser", "StaticMixture", "TextReader", "build_mixture_loader", "chunk_counts",
-    "find_jsonl_files",
+    "find_jsonl_files", "MixtureServer", "RemoteIndex", "open_index",
 ]

@@ -28,6 +28,7 @@ in this slice; other values are a ConfigError.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -40,6 +41,7 @@ from torchtitan.components.tokenizer import BaseTokenizer
 
 from ...config import ConfigError
 from ..common import DataError, FingerprintMismatchError, Workers, fingerprint, training_workers
+from .ado import AdoMixture
 from .chunks import ChunkPlanner
 from .index import INDEX_FILE, MixteraIndex
 from .mixture import Mixture, ScheduleMixture, StaticMixture
@@ -87,6 +89,7 @@ class MixtureLoader(BaseDataLoader):
         seed: int,
         query: Query | None = None,
         workers: Workers | None = None,
+        emit_domain_ids: bool = False,
     ):
         if workers is not None and workers.num_workers:
             raise ConfigError(
@@ -108,6 +111,8 @@ class MixtureLoader(BaseDataLoader):
         self.local_batch_size = local_batch_size
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
+        self.emit_domain_ids = emit_domain_ids
+        self.mixture = mixture
         self.planner = ChunkPlanner(
             index, mixture, chunk_size=chunk_size, seed=seed, query=query,
             global_batch_size=local_batch_size * dp_world_size,
@@ -197,12 +202,31 @@ class MixtureLoader(BaseDataLoader):
                 sample_ids.append(ids[0])
             batch = torch.from_numpy(np.stack(rows))
             token_domains = torch.from_numpy(np.stack(doms)[:, 1:].copy())
-            counts = torch.nn.functional.one_hot(token_domains, len(self.domains)).sum(1)
+            counts = torch.zeros(len(rows), len(self.domains), dtype=torch.long).scatter_add_(
+                1, token_domains, torch.ones_like(token_domains))  # label tokens per domain, per row
             self.last_token_domain_ids = token_domains
             self.last_domain_ids = counts.argmax(1)  # first maximum: ties go to the lower id
             self.last_sample_ids = np.asarray(sample_ids, dtype=np.int64)
             self.batches += 1  # advance before yielding: a checkpoint after this batch records it
-            yield {"input": batch[:, :-1]}, batch[:, 1:]
+            inputs = {"input": batch[:, :-1]}
+            if self.emit_domain_ids:  # consumed (popped) by the trainer's per-domain loss
+                inputs["domain_ids"] = token_domains
+            yield inputs, batch[:, 1:]
+
+    # -- dynamic mixtures (ADO) --------------------------------------------------------------------
+    @property
+    def planned_chunks(self) -> int:
+        """How many chunks this rank has planned (chunks ``0 .. planned_chunks - 1``)."""
+        return self.planner.next_chunk_index
+
+    def apply_weights(self, weights: Any, from_chunk: int) -> None:
+        """Give the dynamic mixture new weights (in the order of :attr:`domains`) for chunks
+        ``from_chunk`` on; ``from_chunk`` must not have been planned by any rank."""
+        if not self.mixture.dynamic:
+            raise TypeError(f"{self.mixture!r} is not a dynamic mixture")
+        if from_chunk < self.planned_chunks:
+            raise ValueError(f"chunk {from_chunk} is already planned on dp_rank {self.dp_rank}")
+        self.mixture.apply(weights, from_chunk)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -214,6 +238,8 @@ class MixtureLoader(BaseDataLoader):
             "item": self._item,
             "offset": self._offset,
         }
+        if self.mixture.dynamic:
+            state["mixture"] = self.mixture.state_dict()
         return {self._rank_key: json.dumps(state, sort_keys=True)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -248,6 +274,8 @@ class MixtureLoader(BaseDataLoader):
                 f"Mixture loader: the checkpoint was written with DP degree {state['dp_world_size']}, this run has "
                 f"{self.dp_world_size}; the mixture loader's state is per DP rank, resume with the same degree."
             )
+        if self.mixture.dynamic:  # before re-planning: the current chunk may use adapted weights
+            self.mixture.load_state_dict(state["mixture"])
         self.planner.load_state_dict(state["chunk_state"])  # checks the planner's own fingerprint too
         self._chunk_state = state["chunk_state"]
         self._item, self._offset = int(state["item"]), int(state["offset"])
@@ -265,11 +293,20 @@ def mixture_from_config(section: Any) -> Mixture:
     if bool(section.weights) == bool(section.schedule):
         raise ConfigError("Set exactly one of mixture.weights (a static mixture) and mixture.schedule "
                           f"(weights by start step); got weights={section.weights!r}, schedule={section.schedule!r}.")
+    if section.ado.enable and not section.weights:
+        raise ConfigError("mixture.ado.enable = true needs the prior as mixture.weights (not mixture.schedule).")
     if section.weights:
         try:
-            return StaticMixture(section.weights, section.property)
+            static = StaticMixture(section.weights, section.property)
         except ConfigError as e:
             raise ConfigError(f"mixture.weights: {e}") from None
+        if not section.ado.enable:
+            return static
+        if not section.per_domain_loss:
+            raise ConfigError("mixture.ado.enable = true needs mixture.per_domain_loss = true: ADO adapts the "
+                              "weights from the per-domain losses.")
+        settings = {k: v for k, v in dataclasses.asdict(section.ado).items() if k != "enable"}
+        return AdoMixture(static, **settings)
     stages = []
     for key, weights in section.schedule.items():
         try:
@@ -299,32 +336,44 @@ def query_from_config(groups: Any) -> Query | None:
         raise ConfigError(f"mixture.query: {e}") from None
 
 
+def index_from_config(section: Any) -> Any:
+    """The index ``[mixture]`` names: a MixteraIndex opened read-only in this process (embedded mode), or
+    a client of ``mixture.server`` (served mode, :mod:`.server`)."""
+    if section.server:
+        from .server import open_index as open_served
+
+        return open_served(section.index_dir, section.server)
+    if not section.index_dir:
+        raise ConfigError("training.dataset = 'mixture' needs mixture.index_dir: the directory of a sample "
+                          f"index ({INDEX_FILE}) written by `titan-recipes mixture register` (or "
+                          f"MixteraIndex.register_dataset), or mixture.server = 'host:port' of a mixture server.")
+    if not (Path(section.index_dir) / INDEX_FILE).is_file():
+        raise ConfigError(f"mixture.index_dir = '{section.index_dir}' holds no {INDEX_FILE}; register a dataset "
+                          f"there first (`titan-recipes mixture register`), or fix the path.")
+    return MixteraIndex(section.index_dir, read_only=True)
+
+
 def build_mixture_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> MixtureLoader:
     """``training.dataset = "mixture"``: check ``[mixture]``, open the index read-only, build the loader."""
     section, training = job_config.mixture, job_config.training
     if tokenizer is None:
         raise ConfigError("training.dataset = 'mixture' needs a tokenizer; set model.hf_assets_path.")
-    if not section.index_dir:
-        raise ConfigError("training.dataset = 'mixture' needs mixture.index_dir: the directory of a sample "
-                          f"index ({INDEX_FILE}) written by MixteraIndex.register_dataset.")
-    if not (Path(section.index_dir) / INDEX_FILE).is_file():
-        raise ConfigError(f"mixture.index_dir = '{section.index_dir}' holds no {INDEX_FILE}; register a dataset "
-                          f"there first (MixteraIndex(dir).register_dataset(...)), or fix the path.")
     mixture = mixture_from_config(section)
     query = query_from_config(section.query)
     if section.chunk_size <= 0:
         raise ConfigError(f"mixture.chunk_size must be positive, got {section.chunk_size}.")
-    index = MixteraIndex(section.index_dir, read_only=True)
+    index = index_from_config(section)
     known = index.properties
     if section.property not in known:
         index.close()
-        raise ConfigError(f"mixture.property = '{section.property}' is not a property of the index in "
-                          f"'{section.index_dir}'; it knows {sorted(known)}.")
+        raise ConfigError(f"mixture.property = '{section.property}' is not a property of the index at "
+                          f"{index.path}; it knows {sorted(known)}.")
     try:
         return MixtureLoader(
             index=index, mixture=mixture, tokenizer=tokenizer, seq_len=training.seq_len,
             local_batch_size=training.local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size,
             chunk_size=section.chunk_size, seed=section.seed, query=query, workers=training_workers(job_config),
+            emit_domain_ids=section.per_domain_loss,
         )
     except BaseException:
         index.close()
