@@ -4,7 +4,7 @@
     nox -s tests       the whole test suite: unit tests + real CPU training runs          (~16 min)
     nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (shorter; not re-measured)
     nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (3 recipes x 2 entries)
-    nox -s bench       MDS loader and remote-streaming throughput -> runs/bench/          (~1 min; not in the default)
+    nox -s bench       MDS loader, remote streaming and mixture loader throughput -> runs/bench/  (not in the default)
     nox -s image       build the GPU image (Dockerfile + env/gpu.lock) with docker or podman
     nox -s enroot      import that image into a .sqsh file for pyxis/enroot
     nox -s gpu         train a recipe on this node's GPUs, check its fixture, print throughput/MFU
@@ -109,8 +109,9 @@ def smoke(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """MDS loader throughput (0/1/2 workers vs the H100 demand) and remote streaming (moto S3 on
-    127.0.0.1, cold vs warm cache, zstd vs none). Results: runs/bench/*.json, *.png. Arguments after
-    ``--`` go to both scripts, e.g. ``nox -s bench -- --samples 6000 --seq-len 2048``."""
+    127.0.0.1, cold vs warm cache, zstd vs none), then the mixture loader (embedded vs served tok/s per
+    rank, registration rows/s; its own defaults). Results: runs/bench/*.json, *.png. Arguments after
+    ``--`` go to the two MDS scripts, e.g. ``nox -s bench -- --samples 6000 --seq-len 2048``."""
     py = pinned_env(session)
     for script in ("bench_mds_loader.py", "bench_mds_remote.py"):
         session.run(py, str(ROOT / "scripts" / script), "--out", str(ROOT / "runs" / "bench"), *session.posargs, external=True)
