@@ -46,8 +46,9 @@ def trainer_class():
     _prepare()
     from torchtitan.train import Trainer
 
-    from .config import ConfigError, validate_job_config, validate_launch
+    from .config import ConfigError, validate_job_config, validate_launch, validate_monitor
     from .domain_loss import build_domain_loss
+    from .monitor import build_monitors
     from .records import write_run_record
     from .specs import register_recipe_spec, register_recipe_specs
 
@@ -59,6 +60,7 @@ def trainer_class():
         def __init__(self, job_config):
             validate_job_config(job_config)
             validate_launch(job_config)
+            validate_monitor(job_config)  # [monitor] errors before the model is built
             self._signal_name: str | None = None  # first preemption signal this process received
             self._first_step: int | None = None  # the step this launch started from
             self.domain_loss = None  # set after torchtitan's __init__ built the data loader
@@ -70,6 +72,7 @@ def trainer_class():
             if self.domain_loss is not None:
                 self.loss_fn = self.domain_loss.loss
             self._check_vocab()
+            self.monitors = build_monitors(self)  # [monitor]: optimizer/activation hooks
 
         def _check_vocab(self) -> None:
             vocab = getattr(self.model_args, "vocab_size", None)
