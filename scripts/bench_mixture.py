@@ -40,9 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -219,32 +217,12 @@ def run_ranks(cfg: dict[str, Any], world: int, tmp: Path) -> list[dict[str, Any]
 
 
 # -- server ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``titan-recipes mixture serve`` on a free port of 127.0.0.1; returns once it accepts connections."""
+    from titan_recipes.data.mixture.server import free_port, spawn_server
+
     port = free_port()
-    with open(log, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "titan_recipes.cli", "mixture", "serve", str(index_dir), "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=stderr,
-        )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the mixture server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the mixture server did not listen within 180 s: {log.read_text()[-3000:]}")
+    return spawn_server(index_dir, port, log=log, timeout=180), f"127.0.0.1:{port}"
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import pytest
 
@@ -19,6 +16,7 @@ from launching import REPO, assert_ok, launch
 from titan_recipes import fixtures as fx
 from titan_recipes.data.common import DataError
 from titan_recipes.data.mixture.plot import plot_domains
+from titan_recipes.data.mixture.server import free_port, spawn_server
 from titan_recipes.records import read_metrics
 
 RECIPE = REPO / "recipes" / "mixtera_slimpajama"
@@ -64,30 +62,6 @@ def test_static_mixture_matches_its_fixture_with_per_domain_loss_and_resumes_exa
     assert domain_metrics(resumed, "loss_domain") == losses
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(index_dir, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "titan_recipes.cli", "mixture", "serve", str(index_dir), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mixture server exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("mixture server did not start listening within 60 s")
-
-
 def _kill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -104,16 +78,16 @@ def test_ado_adapts_and_a_served_stop_resume_across_a_server_restart_equals_embe
     embedded = tmp_path / "embedded"
     assert_ok(launch(RECIPE, 1, embedded, *common, "--checkpoint.no-enable", env=env))
 
-    port = _free_port()
+    port = free_port()
     served = tmp_path / "served"
     address = ("--mixture.server", f"127.0.0.1:{port}")
-    server = _serve(data / "index", port)
+    server = spawn_server(data / "index", port)
     try:
         first = launch(RECIPE, 1, served, *common, *address, "--launch.stop_at_step", str(interval), env=env)
         assert_ok(first)
     finally:
         _kill(server)  # the server goes away between the launches; a new one serves the resume
-    server = _serve(data / "index", port)
+    server = spawn_server(data / "index", port)
     try:
         second = launch(RECIPE, 1, served, *common, *address, env=env)
         assert_ok(second)

@@ -8,13 +8,10 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,7 +30,7 @@ from titan_recipes.data.mixture import (
     ChunkPlanner, MetadataParser, MixteraIndex, MixtureServer, Query, RemoteIndex, StaticMixture, open_index,
 )
 from titan_recipes.data.mixture.loader import MixtureLoader
-from titan_recipes.data.mixture.server import recv_frame, send_frame
+from titan_recipes.data.mixture.server import free_port, recv_frame, send_frame, spawn_server
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROP = "redpajama_set_name"
@@ -69,12 +66,6 @@ def corpus(tmp_path_factory):
 def server(corpus):
     with MixtureServer(corpus.index_dir, "127.0.0.1", 0) as srv:
         yield srv.start()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_loader(index, tokenizer, rank=0, world=1) -> MixtureLoader:
@@ -161,34 +152,12 @@ def test_planner_and_two_rank_loaders_over_one_server_equal_embedded_mode(corpus
 
 
 # -- a server killed mid-run ---------------------------------------------------------------------------
-def start_server(index_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    """``titan-recipes mixture serve`` in a subprocess; returns once it accepts connections."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    with open(log, "ab") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "titan_recipes.cli", "mixture", "serve", str(index_dir), "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=stderr, env=env,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mixture serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"mixture serve did not listen on port {port} within 90 s: {log.read_text()[-3000:]}")
-
-
 def test_killed_server_is_a_clear_error_and_the_run_resumes_after_a_restart(corpus, tokenizer, tmp_path):
     port, log = free_port(), tmp_path / "serve.log"
     with MixteraIndex(corpus.index_dir, read_only=True) as local:
         reference = batches(make_loader(local, tokenizer), 24)  # an uninterrupted embedded run
 
-    proc = start_server(corpus.index_dir, port, log)
+    proc = spawn_server(corpus.index_dir, port, log=log)
     try:
         remote = RemoteIndex("127.0.0.1", port, index_dir=corpus.index_dir, **FAST)
         loader = make_loader(remote, tokenizer)
@@ -207,7 +176,7 @@ def test_killed_server_is_a_clear_error_and_the_run_resumes_after_a_restart(corp
                 next(it)
         remote.close()
 
-        proc = start_server(corpus.index_dir, port, log)  # the relaunched run, same port
+        proc = spawn_server(corpus.index_dir, port, log=log)  # the relaunched run, same port
         with RemoteIndex("127.0.0.1", port, **FAST) as remote:
             resumed = make_loader(remote, tokenizer)
             resumed.load_state_dict(state)
