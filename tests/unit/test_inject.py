@@ -74,6 +74,7 @@ def _schedulers(factory):
     return inject.InjectedLRSchedulers(optimizers, factory)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")  # no training here
 def test_any_lr_scheduler_round_trips_its_state():
     one_cycle = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)  # noqa: E731
     first = _schedulers(one_cycle)
