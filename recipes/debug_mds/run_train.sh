@@ -21,19 +21,8 @@ REPO="$(cd "${HERE}/../.." && pwd)"
 RECIPE="$(basename "${HERE}")"
 
 CONFIG_FILE="$(realpath "${CONFIG_FILE:-${HERE}/train.toml}")"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO}/.venv/bin/python" ]]; then
-        PYTHON="${REPO}/.venv/bin/python"
-    else
-        PYTHON="python3"
-    fi
-fi
-if [[ -z "${NGPU:-}" ]]; then
-    NGPU="$("${PYTHON}" -c 'import torch; print(torch.cuda.device_count() or 1)')"
-fi
-LOG_RANK="${LOG_RANK:-0}"
-TRAIN_FILE="${TRAIN_FILE:-titan_recipes.train}"
-RUN_DIR="${RUN_DIR:-runs/${RECIPE}-$(date +%Y%m%d-%H%M%S)}"
+# shellcheck source-path=SCRIPTDIR source=../../scripts/recipe_launch.sh
+source "${REPO}/scripts/recipe_launch.sh"  # PYTHON, NGPU, LOG_RANK, RUN_DIR defaults; recipe_torchrun
 DATA_DIR="${DATA_DIR:-data/debug_mds}"
 
 cd "${REPO}"
@@ -43,15 +32,4 @@ cd "${REPO}"
 # The conversion is deterministic, so every machine makes byte-identical shards.
 scripts/make_shakespeare_mds.sh "${DATA_DIR}" "${PYTHON}"
 
-mkdir -p "${RUN_DIR}"
-echo "titan-recipes: recipe ${RECIPE}, ${NGPU} process(es), config ${CONFIG_FILE}, run directory ${RUN_DIR}"
-
-set -x
-PYTORCH_ALLOC_CONF="expandable_segments:True" \
-"${PYTHON}" -m torch.distributed.run --nproc_per_node="${NGPU}" --rdzv_backend c10d --rdzv_endpoint="localhost:0" \
-    --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
-    --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \
-    -m "${TRAIN_FILE}" --job.config_file "${CONFIG_FILE}" --job.dump_folder "${RUN_DIR}" "$@" \
-    2>&1 | (trap '' TERM USR1; exec tee -a "${RUN_DIR}/train.log")  # tee outlives a preemption signal
-set +x
-echo "titan-recipes: run directory ${RUN_DIR} (metrics.jsonl, run.json, train.log, checkpoint/)"
+recipe_torchrun "$@"

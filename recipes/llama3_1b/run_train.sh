@@ -19,16 +19,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "${HERE}/../.." && pwd)"
 RECIPE="$(basename "${HERE}")"
 
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO}/.venv/bin/python" ]]; then
-        PYTHON="${REPO}/.venv/bin/python"
-    else
-        PYTHON="python3"
-    fi
-fi
-GPUS="$("${PYTHON}" -c 'import torch; print(torch.cuda.device_count())')"
+# shellcheck source-path=SCRIPTDIR source=../../scripts/recipe_launch.sh
+source "${REPO}/scripts/recipe_launch.sh"  # PYTHON, NGPU, LOG_RANK, RUN_DIR defaults; recipe_torchrun
 if [[ -z "${CONFIG_FILE:-}" ]]; then
-    if [[ "${GPUS}" -gt 0 ]]; then
+    recipe_count_gpus
+    if [[ "${RECIPE_GPUS}" -gt 0 ]]; then
         CONFIG_FILE="${HERE}/train.toml"
     else
         CONFIG_FILE="${HERE}/smoke.toml"
@@ -36,12 +31,6 @@ if [[ -z "${CONFIG_FILE:-}" ]]; then
     fi
 fi
 CONFIG_FILE="$(realpath "${CONFIG_FILE}")"
-if [[ -z "${NGPU:-}" ]]; then
-    NGPU="$(( GPUS > 0 ? GPUS : 1 ))"
-fi
-LOG_RANK="${LOG_RANK:-0}"
-TRAIN_FILE="${TRAIN_FILE:-titan_recipes.train}"
-RUN_DIR="${RUN_DIR:-runs/${RECIPE}-$(date +%Y%m%d-%H%M%S)}"
 
 cd "${REPO}"
 
@@ -51,15 +40,4 @@ if [[ "${CONFIG_FILE}" == "${HERE}/smoke.toml" ]]; then
     scripts/make_shakespeare_mds.sh "${SMOKE_DATA_DIR:-data/llama3_1b_smoke}" "${PYTHON}"
 fi
 
-mkdir -p "${RUN_DIR}"
-echo "titan-recipes: recipe ${RECIPE}, ${NGPU} process(es), config ${CONFIG_FILE}, run directory ${RUN_DIR}"
-
-set -x
-PYTORCH_ALLOC_CONF="expandable_segments:True" \
-"${PYTHON}" -m torch.distributed.run --nproc_per_node="${NGPU}" --rdzv_backend c10d --rdzv_endpoint="localhost:0" \
-    --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
-    --local-ranks-filter "${LOG_RANK}" --role rank --tee 3 \
-    -m "${TRAIN_FILE}" --job.config_file "${CONFIG_FILE}" --job.dump_folder "${RUN_DIR}" "$@" \
-    2>&1 | (trap '' TERM USR1; exec tee -a "${RUN_DIR}/train.log")  # tee outlives a preemption signal
-set +x
-echo "titan-recipes: run directory ${RUN_DIR} (metrics.jsonl, run.json, summary.json, train.log, checkpoint/)"
+recipe_torchrun "$@"
