@@ -1,9 +1,10 @@
 """``titan-recipes`` command line.
 
     titan-recipes fixtures show   RECIPE_DIR
-    titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY]
+    titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY] [--if-recorded]
     titan-recipes fixtures verify RECIPE_DIR [--nproc N]        # run the recipe, then check it
     titan-recipes fixtures regen  RECIPE_DIR [--nproc N] [--repeats R] [-- --section.key value ...]
+                                  # native repeats (bitwise equal) + one run per CPU kernel variant
     titan-recipes mixture serve    INDEX_DIR [--host 127.0.0.1] [--port 7777]   # served mode of the mixture engine
     titan-recipes mixture register INDEX_DIR DATA_PATH --name NAME [--parser slimpajama|pile]
     titan-recipes mixture stats    INDEX_DIR [--property P] [--query JSON]
@@ -12,13 +13,15 @@
     titan-recipes runs list [DIR] | compare RUN_A RUN_B | plot RUN [--recipe R] [-o PNG]   # run records
     titan-recipes new SRC_RECIPE DST_DIR [--name NAME]        # copy a recipe, fixtures cleared
 
-``check`` and ``verify`` print a step-by-step diff table and exit 1 on a mismatch.
+``check`` and ``verify`` print |diff| against the tolerance per step and exit 1 on a mismatch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,16 +31,16 @@ from .data.mixture.cli import add_mixture_commands
 from .runs_cli import register as register_runs_commands
 
 RUNS_DIR = fx.REPO_ROOT / "runs"
-GPU_RTOL_FLOOR = 1e-4
 
 
 def _new_run_dir(recipe_dir: Path, tag: str) -> Path:
     return RUNS_DIR / f"{Path(recipe_dir).resolve().name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _launch_or_fail(recipe_dir: Path, nproc: int, overrides: list[str], run_dir: Path) -> None:
-    print(f"training {recipe_dir} with {nproc} process(es) {' '.join(overrides)} -> {run_dir}", flush=True)
-    _, proc = fx.launch_recipe(recipe_dir, nproc, overrides, run_dir)
+def _launch_or_fail(recipe_dir: Path, nproc: int, overrides: list[str], run_dir: Path, env: dict[str, str] | None = None) -> None:
+    extra = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+    print(f"training {recipe_dir} with {nproc} process(es) {extra} {' '.join(overrides)} -> {run_dir}".replace("  ", " "), flush=True)
+    _, proc = fx.launch_recipe(recipe_dir, nproc, overrides, run_dir, env={**(env or {}), fx.NO_LAUNCH_CHECK_ENV: "1"})
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-6000:])
         raise SystemExit(f"training failed (exit {proc.returncode}); log in {run_dir}/train.log")
@@ -47,13 +50,26 @@ def cmd_show(args) -> int:
     data = fx.load_fixture(args.recipe)
     for key, entry in data["entries"].items():
         losses = entry["losses"]
-        rule = f"rtol {entry['rtol']}" if entry.get("rtol") is not None else f"{entry['decimals']} decimals"
-        print(f"{key}: {len(losses)} steps, {rule}, last loss {list(losses.values())[-1]}")
-        print(f"    {entry['provenance']['command']}  ({entry['provenance']['date']}, git {(entry['provenance'].get('git') or {}).get('sha')})")
+        try:
+            rule = fx.describe_rule(entry, key)
+        except fx.FixtureError as e:
+            rule = str(e)
+        prov = entry["provenance"]
+        print(f"{key}: {len(losses)} steps, last loss {list(losses.values())[-1]}")
+        print(f"    rule: {rule}")
+        print(f"    {prov['command']}  ({prov['date']}, git {(prov.get('git') or {}).get('sha')}, {prov.get('device')})")
+        if entry.get("spread"):
+            print("    " + fx.spread_table(entry["spread"]).replace("\n", "\n    "))
     return 0
 
 
 def cmd_check(args) -> int:
+    if args.if_recorded:  # the end of every run_train.sh: compare only what the fixture can judge
+        key, why = fx.applicable_entry(args.recipe, args.run)
+        if key is None:
+            print(f"titan-recipes: loss curve not compared with {args.recipe}/{fx.FIXTURE_FILE}: {why}")
+            return 0
+        args.key = key
     result = fx.check_run(args.recipe, args.run, key=args.key)
     print(result.table())
     return 0 if result.ok else 1
@@ -70,33 +86,50 @@ def cmd_verify(args) -> int:
 
 
 def cmd_regen(args) -> int:
+    """Record this machine's entry: ``--repeats`` native runs (which must agree bitwise on CPU), then on
+    CPU one run per kernel variant; the tolerance comes from the largest spread seen."""
     overrides = args.overrides
+    key = fx.current_key(args.nproc)
+    cpu = key.startswith("cpu-")
+    recipe_rel = os.path.relpath(Path(args.recipe).resolve(), fx.REPO_ROOT)
+    recorded_by = shlex.join(["titan-recipes", "fixtures", "regen", recipe_rel, "--nproc", str(args.nproc),
+                              "--repeats", str(args.repeats), *(["--", *overrides] if overrides else [])])
+    if args.repeats < 2:
+        raise SystemExit("fixtures regen needs --repeats >= 2: CPU runs must agree bitwise, GPU runs give the spread.")
     runs = []
     for i in range(args.repeats):
         run_dir = _new_run_dir(args.recipe, f"regen{args.nproc}r{i}")
         _launch_or_fail(args.recipe, args.nproc, overrides, run_dir)
         runs.append(run_dir)
-    rtol = None
-    if not fx.current_key(args.nproc).startswith("cpu-"):
-        if args.repeats < 2:
-            raise SystemExit("GPU fixtures need --repeats >= 2 to derive their relative tolerance.")
-        base = fx.run_losses(runs[0])
-        spread = max(
-            abs(fx.run_losses(r)[s] - v) / abs(v) for r in runs[1:] for s, v in base.items()
-        )
-        rtol = max(2 * spread, GPU_RTOL_FLOOR)
-        print(f"max relative spread over {args.repeats} runs: {spread:.3g} -> rtol {rtol:.3g}")
+    base = fx.run_losses(runs[0])
+    machine = fx.native_machine() if cpu else None
+    spreads: dict[str, dict] = {}
+    for i, r in enumerate(runs[1:], start=1):
+        s = fx.spread(base, fx.run_losses(r))
+        if cpu and s["max_abs_diff"] != 0.0:
+            raise SystemExit(
+                f"CPU runs {runs[0]} and {r} differ (largest |diff| {s['max_abs_diff']:.3g}): the recipe is not "
+                "deterministic on this machine, so no tolerance can be measured. Find the nondeterminism first."
+            )
+        spreads[f"repeat-{i}"] = {"env": {}, **s}
+    if cpu:
+        threads = (fx.run_info(runs[0]).get("hardware") or {}).get("torch_threads") or 1
+        spreads = {}  # bitwise-equal repeats add nothing to the spread; the variants measure it
+        for v in fx.cpu_variants(machine["cpu_capability"], machine["avx512"], int(threads)):
+            run_dir = _new_run_dir(args.recipe, f"regen{args.nproc}-{v.name}")
+            _launch_or_fail(args.recipe, args.nproc, overrides, run_dir, env=v.env)
+            hw = fx.run_info(run_dir).get("hardware") or {}
+            spreads[v.name] = {"env": v.env, "what": v.what, "cpu_capability": hw.get("cpu_capability"),
+                               "torch_threads": hw.get("torch_threads"), **fx.spread(base, fx.run_losses(run_dir))}
+        tol = fx.tolerance_from_spread(spreads, "cpu-kernel-variants", native_repeats_identical=args.repeats,
+                                       recorded_by=recorded_by)
     else:
-        base = fx.run_losses(runs[0])
-        for r in runs[1:]:
-            other = fx.run_losses(r)
-            if {s: round(v, fx.CPU_DECIMALS) for s, v in other.items()} != {
-                s: round(v, fx.CPU_DECIMALS) for s, v in base.items()
-            }:
-                raise SystemExit(f"CPU runs {runs[0]} and {r} differ: the recipe is not deterministic here.")
-    key = fx.record_entry(args.recipe, runs[0], args.nproc, overrides, rtol=rtol)
+        tol = fx.tolerance_from_spread(spreads, "repeats", repeats=args.repeats, recorded_by=recorded_by)
+    print(fx.spread_table(spreads))
+    print(f"largest relative spread {tol['tolerance']['max_rel_spread']:.3g} -> rtol {tol['rtol']:.3g} "
+          f"({fx.TOLERANCE_MULTIPLE:g} x spread, floor {fx.RTOL_FLOOR:.2g})")
+    key = fx.record_entry(args.recipe, runs[0], args.nproc, overrides, tol, spreads, machine=machine)
     print(f"recorded {key} in {Path(args.recipe) / fx.FIXTURE_FILE} from {runs[0]}")
-    print(json.dumps(fx.get_entry(args.recipe, key)["losses"]))
     return 0
 
 
@@ -113,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("run", type=Path)
     p.add_argument("--key", help="fixture key (default: derived from the run's device, torch and world size)")
+    p.add_argument("--if-recorded", action="store_true",
+                   help="compare only a completed run whose key, overrides and config file match an entry (run_train.sh)")
     p.set_defaults(func=cmd_check)
 
     p = fix.add_parser("verify", help="train the recipe with the fixture's overrides and compare")
@@ -123,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = fix.add_parser("regen", help="record this machine's fixture entry from real run(s)")
     p.add_argument("recipe", type=Path)
     p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2, help="runs to make; CPU runs must agree, GPU runs give rtol")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="native runs; CPU runs must agree bitwise (then one run per kernel variant), GPU runs give the spread")
     p.set_defaults(func=cmd_regen)
     add_mixture_commands(sub)
     register_runs_commands(sub)  # runs list/compare/plot, new

@@ -34,15 +34,15 @@ from typing import Any
 import torch
 from torchtitan.components.metrics import BaseLogger, MetricsProcessor
 
-METRICS_FILE = "metrics.jsonl"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
+from .run_files import (  # noqa: F401  (re-exported: the names every reader of a run uses)
+    LOSS_KEY, METRICS_FILE, PEAK_MEMORY_KEY, RUN_FILE, SUMMARY_FILE, TPS_KEY, parse_overrides, read_metrics,
+)
+
 VERSIONED_PACKAGES = (
     "torch", "torchtitan", "torchdata", "tokenizers", "sentencepiece", "mosaicml-streaming", "numpy", "tyro",
 )
-LOSS_KEY = "loss_metrics/global_avg_loss"
-TPS_KEY = "throughput(tps)"
-PEAK_MEMORY_KEY = "memory/max_reserved(GiB)"
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""Environment variables that change which CPU kernels run, recorded in ``run.json``'s hardware."""
 WARMUP_STEPS = 3
 """Steps at the start of each launch left out of the summary's mean tokens/s: the first steps compile
 (``compile.enable``), warm up the allocator and fill the loader's prefetch queue."""
@@ -90,26 +90,6 @@ def device_description() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({os.cpu_count()} cores)"
-
-
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """The ``--section.key value`` overrides in a training command line, in order: ``{"training.steps":
-    "20", "compile.enable": True}`` (a flag with no value is ``True``). ``--job.config_file`` is the
-    config itself, not an override, and is left out; ``--job.dump_folder`` (run_train.sh's RUN_DIR) stays."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--") and "." in arg:
-            key, eq, value = arg[2:].partition("=")
-            if not eq:
-                takes_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-                value = argv[i + 1] if takes_value else True
-                i += takes_value
-            if key != "job.config_file":
-                overrides[key] = value
-        i += 1
-    return overrides
 
 
 def _read_os_release(path: Path) -> dict[str, str]:
@@ -172,6 +152,11 @@ def hardware() -> dict[str, Any]:
         "cpu_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": None if memory is None else round(memory, 1),
         "gpus": gpus,
+        # What decides a CPU run's last bits (fixtures.cpu_variants): ATen's kernel level, the threads,
+        # and the variables that limit them, when set.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
     }
 
 
@@ -334,15 +319,3 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag: str
         name = METRICS_FILE if tag is None else f"metrics_{tag}.jsonl"
         processor.logger = JsonlMetricsLogger(processor.logger, Path(job_config.job.dump_folder) / name)
     return processor
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """One merged row per step of a ``metrics.jsonl``. Training and validation log separate rows for
-    the same step, so rows are merged; a resumed run re-logs steps, so later values win."""
-    by_step: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                by_step.setdefault(int(row["step"]), {}).update(row)
-    return [by_step[s] for s in sorted(by_step)]

@@ -167,36 +167,66 @@ def cmd_plot(args) -> int:
         raise RunsError(f"{args.run} logged no losses ({records.METRICS_FILE} has no '{records.LOSS_KEY}' rows).")
     recipe = Path(args.recipe) if args.recipe else recipe_of(run)
     key = args.key or fx.run_key(args.run)
-    expected, note = None, None
+    comparison, note = None, None
     if recipe is None:
         note = f"no recipe fixture found from config {run.get('config_file')}; pass --recipe"
     else:
         entries = fx.load_fixture(recipe)["entries"]
         if key in entries:
-            expected = {int(s): v for s, v in entries[key]["losses"].items()}
+            comparison = fx.compare(entries[key], losses, key)
         else:
             note = f"{recipe / fx.FIXTURE_FILE} has no entry {key} (has: {sorted(entries)})"
     out = Path(args.output) if args.output else Path(args.run) / "loss.png"
-    plot_losses(out, losses, expected, title=f"{Path(args.run).name} vs {recipe.name if recipe else '-'} [{key}]")
-    print(f"wrote {out}" + (f" (run only: {note})" if note else f" (run vs fixture {key})"))
+    plot_losses(out, losses, comparison, title=f"{Path(args.run).name} vs {recipe.name if recipe else '-'} [{key}]")
+    if comparison is None:
+        print(f"wrote {out} (run only: {note})")
+    else:
+        verdict = "within" if comparison.ok else "OUTSIDE"
+        print(f"wrote {out} (run vs fixture {key}: {verdict} tolerance, largest |diff| {comparison.worst:.2f} x tolerance)")
     return 0
 
 
-def plot_losses(path: Path, actual: dict[int, float], expected: dict[int, float] | None, *, title: str) -> Path:
-    """A PNG of the run's loss per step, with the fixture's curve when given (matplotlib, Agg)."""
+def plot_losses(path: Path, actual: dict[int, float], comparison: "fx.Comparison | None", *, title: str) -> Path:
+    """A PNG of the run's loss per step. With a fixture comparison: the fixture's curve beside the
+    run's, and a second panel with the difference per step against the tolerance band, so a drift too
+    small to see in the loss curve shows (matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    if expected:
+    if comparison is None:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+        ax = axes[0]
+        expected = {r.step: r.expected for r in comparison.rows if r.expected is not None}
         ax.plot(list(expected), list(expected.values()), "o-", color="tab:gray", markersize=3, label="fixture")
     ax.plot(list(actual), list(actual.values()), ".-", color="tab:blue", label="run")
-    ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
     ax.legend()
+    if comparison is not None:
+        both = [r for r in comparison.rows if r.expected is not None and r.actual is not None]
+        steps = [r.step for r in both]
+        bounds = [r.bound for r in both]
+        diff_ax = axes[1]
+        diff_ax.fill_between(steps, [-b for b in bounds], bounds, color="tab:green", alpha=0.2, step="mid",
+                             label="tolerance")
+        diff_ax.axhline(0.0, color="tab:gray", linewidth=0.8)
+        colors = ["tab:blue" if r.ok else "tab:red" for r in both]
+        diff_ax.plot(steps, [r.actual - r.expected for r in both], "-", color="tab:blue", linewidth=0.8)
+        diff_ax.scatter(steps, [r.actual - r.expected for r in both], c=colors, s=14, zorder=3,
+                        label="run - fixture")
+        diff_ax.set_ylabel("run - fixture")
+        diff_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        verdict = "MATCH" if comparison.ok else f"MISMATCH ({sum(not r.ok for r in comparison.rows)} steps)"
+        diff_ax.set_title(f"{verdict}: {comparison.rule}", fontsize=8)
+        diff_ax.legend(fontsize=8)
+    axes[-1].set_xlabel("step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

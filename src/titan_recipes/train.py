@@ -98,6 +98,22 @@ def trainer_class():
             if self.domain_loss is not None:
                 self.domain_loss.end_step(self.step)
 
+        def train(self):
+            super().train()
+            if self.step >= self.job_config.training.steps and not _preempted and _is_rank0():
+                self._report_fixture()
+
+        def _report_fixture(self) -> None:
+            """End a completed launch with its recipe's fixture comparison, when the fixture has an
+            entry for this machine and these overrides (recipes/<name>/expected_loss.json)."""
+            from .fixtures import report_launch
+
+            matched, text = report_launch(self.job_config.job.config_file, Path(self.job_config.job.dump_folder))
+            if matched is None:
+                logger.info("Loss curve not compared with a fixture: %s.", text)
+            else:
+                (logger.info if matched else logger.warning)("Loss curve against the recipe's fixture:\n%s", text)
+
         def should_continue_training(self) -> bool:
             if self._first_step is None:
                 self._first_step = self.step

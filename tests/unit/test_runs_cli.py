@@ -35,7 +35,7 @@ def make_run(run_dir, recipe, losses: dict[int, float], *, steps: int, lr: float
 def recipe(tmp_path):
     recipe = tmp_path / "recipes" / "toy"
     recipe.mkdir(parents=True)
-    entry = {"nproc": 1, "overrides": [], "decimals": 5, "rtol": None, "losses": {"1": 5.0, "2": 4.0, "3": 3.5},
+    entry = {"nproc": 1, "overrides": [], "atol": 0.0, "rtol": 1e-6, "losses": {"1": 5.0, "2": 4.0, "3": 3.5},
              "provenance": {"command": "NGPU=1 recipes/toy/run_train.sh", "date": "2026-11-23"}}
     (recipe / fx.FIXTURE_FILE).write_text(json.dumps({"recipe": "toy", "entries": {"cpu-torch2.13.0-1": entry}}))
     return recipe
@@ -83,8 +83,43 @@ def test_compare_needs_run_directories(tmp_path, recipe, capsys):
 def test_plot_against_the_fixture_found_from_the_config(tmp_path, recipe, capsys):
     run = make_run(tmp_path / "r", recipe, {1: 5.0, 2: 4.1, 3: 3.4}, steps=3)
     assert cli.main(["runs", "plot", str(run)]) == 0
-    assert "run vs fixture cpu-torch2.13.0-1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run vs fixture cpu-torch2.13.0-1: OUTSIDE tolerance" in out  # 4.1 vs 4.0 is far outside rtol 1e-6
     assert (run / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    near = make_run(tmp_path / "near", recipe, {1: 5.0, 2: 4.000002, 3: 3.5}, steps=3)
+    assert cli.main(["runs", "plot", str(near)]) == 0
+    assert "within tolerance, largest |diff| 0.50 x tolerance" in capsys.readouterr().out
+
+
+def test_plot_draws_the_difference_against_the_tolerance(tmp_path, recipe):
+    """Two panels: loss curves, then run - fixture per step with the tolerance band; whole-number steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from titan_recipes.runs_cli import plot_losses
+
+    entry = json.loads((recipe / fx.FIXTURE_FILE).read_text())["entries"]["cpu-torch2.13.0-1"]
+    actual = {1: 5.0, 2: 4.000002, 3: 3.6}
+    saved = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved["fig"] = fig
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        plot_losses(tmp_path / "p.png", actual, fx.compare(entry, actual, "k"), title="t")
+    finally:
+        plt.Figure.savefig = real_savefig
+    loss_ax, diff_ax = saved["fig"].axes
+    ys = [y for line in diff_ax.get_lines() for y in line.get_ydata()]
+    assert max(abs(y) for y in ys) == pytest.approx(0.1, rel=1e-6)  # step 3 drifts by 0.1
+    assert "MISMATCH (1 steps)" in diff_ax.get_title()
+    ticks = [t for t in diff_ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
 
 
 def test_plot_with_a_key_the_fixture_lacks_draws_the_run_alone(tmp_path, recipe, capsys):
