@@ -203,8 +203,9 @@ def plot_losses(path: Path, actual: dict[int, float], comparison: "fx.Comparison
         fig, axes = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
         ax = axes[0]
         expected = {r.step: r.expected for r in comparison.rows if r.expected is not None}
-        ax.plot(list(expected), list(expected.values()), "o-", color="tab:gray", markersize=3, label="fixture")
-    ax.plot(list(actual), list(actual.values()), ".-", color="tab:blue", label="run")
+        # wide and pale under the run's line, so both stay visible where they coincide
+        ax.plot(list(expected), list(expected.values()), "-", color="tab:gray", linewidth=5, alpha=0.45, label="fixture")
+    ax.plot(list(actual), list(actual.values()), ".-", color="tab:blue", linewidth=1.2, label="run")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
     ax.legend()

@@ -34,6 +34,19 @@ def test_one_process_matches_fixture(uninterrupted):
     assert len(result.rows) == STEPS
 
 
+def test_a_launch_with_the_fixture_overrides_ends_with_the_comparison(uninterrupted, tmp_path):
+    """Every completed launch whose overrides match an entry prints the comparison itself (issue 13);
+    a launch with other overrides says why it was not compared."""
+    log = (uninterrupted / "train.log").read_text()
+    assert "Loss curve against the recipe's fixture:" in log
+    table = log[log.index("Loss curve against the recipe's fixture:"):]
+    assert f"fixture {fx.current_key(1)}: |actual - expected| <=" in table
+    assert f"MATCH: {STEPS} steps within tolerance" in table
+    other = tmp_path / "other"
+    assert_ok(launch(DEBUG_RECIPE, 1, other, "--training.steps", "2", "--checkpoint.no-enable"))
+    assert "Loss curve not compared with a fixture: the run's overrides" in (other / "train.log").read_text()
+
+
 def test_run_record_is_written(uninterrupted):
     record = json.loads((uninterrupted / "run.json").read_text())
     assert record["versions"]["torchtitan"] == "0.2.2"
