@@ -3,7 +3,7 @@
     nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1 min)
     nox -s tests       the whole test suite: unit tests + real CPU training runs          (~16-17 min)
     nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (shorter; not re-measured)
-    nox -s smoke       every recipe's CPU fixtures, trained for real and compared         (3 recipes x 2 entries)
+    nox -s smoke       every recipe's CPU fixture entries for this torch, trained and compared
     nox -s bench       MDS loader, remote streaming and mixture loader throughput -> runs/bench/  (not in the default)
     nox -s image       build the GPU image (Dockerfile + env/gpu.lock) with docker or podman
     nox -s enroot      import that image into a .sqsh file for pyxis/enroot
@@ -30,6 +30,12 @@ VENV = ROOT / ".venv"
 LOCK = ROOT / "env" / "cpu.lock"
 STAMP = VENV / ".titan-recipes-env.sha256"
 PY = VENV / "bin" / "python"
+
+COMMAND_HINT = (
+    "the titan-recipes command is in .venv/bin, not on PATH: `source .venv/bin/activate` puts it there "
+    "(then `titan-recipes --help`), or call .venv/bin/titan-recipes"
+)
+"""Logged last by `nox -s debug` (the README's next commands use `titan-recipes`)."""
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "none"
@@ -80,10 +86,15 @@ def debug(session: nox.Session) -> None:
     py = pinned_env(session)
     run_dir = ROOT / "runs" / f"debug-{time.strftime('%Y%m%d-%H%M%S')}"
     env = {"NGPU": os.environ.get("NGPU", "1"), "RUN_DIR": str(run_dir), "PYTHON": py}
-    session.run(str(ROOT / "recipes" / "debug" / "run_train.sh"), *session.posargs, env=env, external=True)
-    if not session.posargs:
-        session.run(py, "-m", "titan_recipes.cli", "fixtures", "check", "recipes/debug", str(run_dir), external=True)
-    session.log(f"run directory: {run_dir.relative_to(ROOT)}")
+    if not session.posargs:  # `fixtures check` below prints the table and sets the exit status
+        env["TITAN_RECIPES_NO_FIXTURE_CHECK"] = "1"
+    try:
+        session.run(str(ROOT / "recipes" / "debug" / "run_train.sh"), *session.posargs, env=env, external=True)
+        if not session.posargs:
+            session.run(py, "-m", "titan_recipes.cli", "fixtures", "check", "recipes/debug", str(run_dir), external=True)
+    finally:  # also after a failure: the run directory and the command are what one looks at next
+        session.log(f"run directory: {run_dir.relative_to(ROOT)}")
+        session.log(COMMAND_HINT)
 
 
 @nox.session

@@ -444,7 +444,7 @@ def _write_mds(st, docs: _Documents, tokenizer_dir, seq_len, out: Path, remote, 
         except Exception as e:
             raise DataError(_remote_error("upload to", remote, e)) from e
         summary.out = remote
-    logger.info(
+    logger.debug(  # the summary is returned; scripts/mds_convert.py prints it (INFO here printed it twice)
         "Wrote %s: %d documents, %d tokens -> %d samples of %d tokens in %d shard(s) (%d tail tokens unused)",
         out, documents, tokens, samples, sample_len, summary.shards, tail,
     )
