@@ -52,7 +52,10 @@ def build_dataloader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer,
     """
     name = job_config.training.dataset
     if name in DATALOADERS:
-        return DATALOADERS[name](dp_world_size, dp_rank, tokenizer, job_config)
+        loader = DATALOADERS[name](dp_world_size, dp_rank, tokenizer, job_config)
+        if isinstance(loader, GlobalOrderLoader) and tokenizer is not None:
+            loader.vocab_size = tokenizer.get_vocab_size()  # token ids read from disk are checked against it
+        return loader
     from torchtitan.hf_datasets.text_datasets import DATASETS, build_text_dataloader
 
     if name.lower() in DATASETS:

@@ -49,6 +49,7 @@ import xxhash
 
 from ..config import ConfigError
 from .common import DataError, FinitePass, GlobalOrderLoader, Workers, fingerprint, training_workers
+from .integrity import check_token_ids
 from .megatron_format import MegatronShard
 
 logger = logging.getLogger(__name__)
@@ -294,7 +295,12 @@ class BlendCorpusLoader(GlobalOrderLoader):
 
     def sample(self, index: int) -> np.ndarray:
         _, shard, k = self.blend[index]
-        return self.shards[int(shard)].sample(int(k))
+        tokens = self.shards[int(shard)].sample(int(k))
+        check_token_ids(tokens, self.vocab_size, f"BlendCorpus shard {self.shards[int(shard)].shard.bin_path}, "
+                        f"sample {int(k)}", "Re-run scripts/blendcorpus.py tokenize for this prefix with the "
+                        "training tokenizer; the .bin format has no checksum, so an id changed within range "
+                        "cannot be detected.")
+        return tokens
 
     def on_batch(self, ids: np.ndarray) -> None:
         super().on_batch(ids)

@@ -126,11 +126,30 @@ class MegatronShard:
         self.sequence_lengths = np.frombuffer(raw, np.int32, n_seq, off)
         self.sequence_pointers = np.frombuffer(raw, np.int64, n_seq, off + 4 * n_seq)
         self.document_indices = np.frombuffer(raw, np.int64, n_doc, off + 12 * n_seq)
-        expected = int(self.sequence_lengths.astype(np.int64).sum()) * self.dtype.itemsize
+        fix = (f"Re-run the tokenizer for this prefix (scripts/blendcorpus.py tokenize, or Megatron's "
+               f"preprocess_data.py) so that {bin_.name} and {idx.name} are written together.")
+        lengths = self.sequence_lengths.astype(np.int64)
+        if n_seq and lengths.min() < 0:
+            raise DataError(f"{idx} is corrupt: sequence {int(np.argmin(lengths))} has length {int(lengths.min())}. {fix}")
+        # Megatron writes the sequences back to back: each pointer is the byte sum of the lengths before it.
+        pointers = np.concatenate([[0], np.cumsum(lengths[:-1])]) * self.dtype.itemsize if n_seq else lengths
+        if not np.array_equal(self.sequence_pointers, pointers):
+            j = int(np.flatnonzero(self.sequence_pointers != pointers)[0])
+            raise DataError(f"{idx} is corrupt: sequence {j} starts at byte {int(self.sequence_pointers[j])} of "
+                            f"{bin_}, but the lengths before it put it at byte {int(pointers[j])}. {fix}")
+        expected = int(lengths.sum()) * self.dtype.itemsize
         actual = bin_.stat().st_size
         if actual < expected:
-            raise DataError(f"{bin_} is truncated: {actual} bytes, its index {idx} needs {expected}.")
+            raise DataError(f"{bin_} is truncated: {actual} bytes, its index {idx} needs {expected} "
+                            f"({n_seq} sequences of {self.dtype} tokens). {fix}")
+        if actual > expected:
+            raise DataError(f"{bin_} has {actual} bytes, but its index {idx} describes {expected} "
+                            f"({n_seq} sequences of {self.dtype} tokens): the two files do not belong together. {fix}")
+        self.bin_path = bin_
         self._bin = np.memmap(bin_, dtype=self.dtype, mode="r") if actual else np.zeros(0, self.dtype)
+        self._mmap = getattr(self._bin, "_mmap", None)
+        """Its ``size()`` is the file's current size: reading a page past the end of a memory-mapped
+        file that shrank kills the process with SIGBUS, so ``__getitem__`` checks first."""
 
     def __len__(self) -> int:
         return len(self.sequence_lengths)
@@ -141,4 +160,11 @@ class MegatronShard:
 
     def __getitem__(self, i: int) -> np.ndarray:
         start = int(self.sequence_pointers[i]) // self.dtype.itemsize
-        return self._bin[start : start + int(self.sequence_lengths[i])]
+        stop = start + int(self.sequence_lengths[i])
+        if self._mmap is not None and self._mmap.size() < stop * self.dtype.itemsize:  # one fstat
+            raise DataError(
+                f"{self.bin_path} shrank while in use: {self._mmap.size()} bytes now, sequence {i} ends at byte "
+                f"{stop * self.dtype.itemsize}. Another process truncated or rewrote it (e.g. a tokenize run "
+                f"into the same prefix). Restore the file, then launch again to resume from the last checkpoint."
+            )
+        return self._bin[start:stop]

@@ -82,13 +82,12 @@ import logging
 import os
 import socket
 import sys
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import cpu
-from ..config import ConfigError, validate_job_config
+from ..config import ConfigError, load_toml, validate_job_config
 from ..train import trainer_class
 
 _COPIES_DEVICE = ("torchtitan.train", "torchtitan.components.metrics", "torchtitan.distributed.utils")
@@ -144,8 +143,7 @@ def load_job_config(config: str | Path | Mapping[str, Any] | Any = None,
         path = Path(config)
         if not path.is_file():
             raise ConfigError(f"Job config file not found: '{config}' (relative paths resolve from {Path.cwd()}).")
-        with path.open("rb") as f:
-            toml_module = tomllib.load(f).get("job", {}).get("custom_config_module")
+        toml_module = load_toml(path).get("job", {}).get("custom_config_module")  # ConfigError naming file:line
         args += ["--job.config_file", str(path)]
     if not toml_module:
         args += ["--job.custom_config_module", CUSTOM_CONFIG_MODULE]

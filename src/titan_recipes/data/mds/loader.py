@@ -17,6 +17,7 @@ import numpy as np
 from ...config import ConfigError
 from ...tokenizer import tokenizer_path
 from ..common import DataError, FinitePass, GlobalOrderLoader, Workers, fingerprint, training_workers
+from ..integrity import VALIDATE_HASH_HINT, check_mds_shard, check_token_ids
 from .compat import _remote_error, import_streaming
 from .writer import (
     CONVERSION_FILE,
@@ -65,8 +66,10 @@ class StreamSpec:
     download_timeout: float | None = None
     """Seconds allowed per shard download (streaming's default 60)."""
     validate_hash: str | None = None
-    """Hash algorithm checked on every downloaded shard (one of streaming's; None: xxh64 when the index
-    lists it for every shard, else no check)."""
+    """Hash algorithm (one of streaming's) checked on every shard: a downloaded or compressed one before
+    it is decompressed, and every raw shard file on its first use in each process (local data too:
+    integrity.check_mds_shard). None: downloads are checked with xxh64 when the index lists it for every
+    shard; local shards get only the structural checks."""
     keep_zip: bool | None = None
     """Keep a remote stream's compressed shards in ``local`` after decompressing (default False)."""
 
@@ -148,8 +151,9 @@ class MDSLoader(GlobalOrderLoader):
             index = read_index(spec.local, spec.setting)
             index_hashes.append(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest())
             shards = self._load_shards(stream, spec)
-            if spec.remote:
-                stream.validate_hash = spec.validate_hash or _common_hash(shards)
+            # Downloads are hash-checked whenever index.json has hashes; local shards with validate_hash
+            # (streaming never checks a local raw shard: integrity.check_mds_shard does, in _prepare).
+            stream.validate_hash = spec.validate_hash or (_common_hash(shards) if spec.remote else None)
             samples = sum(shard.samples for shard in shards)
             if not samples:
                 raise DataError(
@@ -495,10 +499,15 @@ class MDSLoader(GlobalOrderLoader):
                             if spec.remote and info is not None and os.path.isfile(os.path.join(spec.local, info.basename)):
                                 os.remove(os.path.join(spec.local, info.basename))
                         if not spec.remote:
-                            raise DataError(f"MDS shard {raw}: cannot prepare it ({type(e).__name__}: {e}).") from e
+                            raise DataError(
+                                f"MDS shard {raw}: cannot prepare it ({type(e).__name__}: {e}). Its compressed file "
+                                f"is corrupt or does not match index.json: restore it or re-run the conversion "
+                                f"(scripts/mds_convert.py)."
+                            ) from e
                         raise DataError(
                             _remote_error(f"fetch shard {shard.raw_data.basename} of", spec.remote, e, spec.remote_setting)
                         ) from e
+        check_mds_shard(raw, shard, spec.validate_hash, f"{spec.setting} = '{spec.local}'", spec.remote)  # header, size, hash
         self._ready[shard_id] = True
 
     def before_batch(self, consumed: int) -> None:
@@ -550,6 +559,9 @@ class MDSLoader(GlobalOrderLoader):
                 f"MDS shard {path}, sample {row} has shape {tokens.shape}; {self.seq_len_key} = "
                 f"{self.seq_len} needs ({self.seq_len + 1},). Convert the data with --seq-len {self.seq_len}."
             )
+        spec = self.specs[self._shard_stream[shard_id]]
+        check_token_ids(tokens, self.vocab_size, f"MDS shard {path}, sample {row}", "Restore the shard or re-run "
+                        "the conversion (scripts/mds_convert.py). " + ("" if spec.validate_hash else VALIDATE_HASH_HINT))
         return tokens
 
 

@@ -124,7 +124,11 @@ class MixteraIndex:
         self.directory = Path(directory)
         self.path = self.directory / INDEX_FILE
         if read_only and not self.path.is_file():
-            raise DataError(f"No sample index at {self.path}; register a dataset first (read_only=False).")
+            raise DataError(
+                f"No sample index at {self.path}. Register the data first (titan-recipes mixture register "
+                f"{self.directory} DATA_PATH --name NAME), or point mixture.index_dir at the directory that "
+                f"holds {INDEX_FILE}."
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
@@ -134,8 +138,35 @@ class MixteraIndex:
                 f"Only one process may hold it open for writing; readers open it with read_only=True."
             ) from None
         self.read_only = read_only
+        self._file_key = _file_key(self.path)
+        """Which file this connection has open, and its size and mtime: DuckDB keeps reading a deleted or
+        replaced file through its open descriptor, so only :meth:`check_file` notices (and a relaunch
+        would fail to open it). A read-only index does not change while it is open (DuckDB refuses a
+        writer meanwhile), so any change is someone else's."""
         if not read_only:
             self.con.execute(_SCHEMA)
+
+    def check_file(self) -> None:
+        """DataError when ``index.duckdb`` was deleted, replaced or overwritten since this process opened
+        it (read-only connections; a writer changes its own file).
+
+        This process could go on reading its open copy, but the run's next launch (a resume after a
+        preemption or crash) would find no index, or another one, so it stops now, naming the file."""
+        try:
+            key = _file_key(self.path)
+        except FileNotFoundError:
+            raise DataError(
+                f"The sample index {self.path} was deleted while this run was reading it. Restore the file "
+                f"(or register the same files again, in the same order, into {self.directory}: titan-recipes "
+                f"mixture register {self.directory} DATA_PATH --name NAME), then launch again; the run "
+                f"resumes from its last checkpoint."
+            ) from None
+        if self.read_only and key != self._file_key:
+            raise DataError(
+                f"The sample index {self.path} was replaced or modified while this run was reading it (another "
+                f"registration?). Restore the index this run started with, then launch again to resume; a "
+                f"different index changes the data fingerprint and cannot resume this run."
+            )
 
     def close(self) -> None:
         self.con.close()
@@ -174,6 +205,7 @@ class MixteraIndex:
         return (query or Query()).compile(self.properties)
 
     def _run(self, sql: str, params: list[Any], query: Query | None) -> duckdb.DuckDBPyConnection:
+        self.check_file()
         try:
             return self.con.execute(sql, params)
         except duckdb.Error as e:  # e.g. a value that does not convert to the column's type
@@ -208,6 +240,7 @@ class MixteraIndex:
     def read_texts(self, ids: "list[int] | np.ndarray") -> list[str]:
         """The texts of sample ``ids`` in the order given: see :class:`TextReader` (one per index,
         created on first use, so decompressed files stay cached between calls)."""
+        self.check_file()
         if getattr(self, "_reader", None) is None:
             self._reader = TextReader(self)
         return self._reader.read(ids)
@@ -289,7 +322,7 @@ class MixteraIndex:
                 bar.update(size)
                 bar.set_postfix(samples=added)
         total = self.num_samples(name)
-        logger.info(
+        logger.debug(  # returned as the report; `titan-recipes mixture register` prints it (INFO printed it twice)
             "Dataset %s: indexed %d file(s), %d new sample(s); %d sample(s) in %d file(s) in all.",
             name, len(todo), added, total, len(files),
         )
@@ -469,6 +502,11 @@ class MixteraIndex:
         return values
 
 
+def _file_key(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 # -- reading sample text back -------------------------------------------------------------------------
 DECOMPRESSED_CACHE_BYTES = 512 * 1024 * 1024
 """Decompressed ``.gz``/``.zst`` files kept in memory by :class:`TextReader` (least recently used first out)."""
@@ -488,26 +526,33 @@ class TextReader:
     def __init__(self, index: "MixteraIndex", cache_bytes: int = DECOMPRESSED_CACHE_BYTES):
         self.index = index
         self.cache_bytes = cache_bytes
-        self._files: dict[int, tuple[Path, int, str]] = {}
+        self._files: dict[int, tuple[Path, int, int, str, str]] = {}  # path, size, mtime_ns, dataset, text field
         self._cache: dict[int, tuple[bytes, np.ndarray]] = {}  # insertion order = recency
 
     def _file(self, file_id: int) -> tuple[Path, str]:
         if file_id not in self._files:
-            path, size, parser = self.index.con.execute(
-                "SELECT f.path, f.size, d.parser FROM files f JOIN datasets d ON f.dataset_id = d.id WHERE f.id = ?",
+            path, size, mtime_ns, parser, name = self.index.con.execute(
+                "SELECT f.path, f.size, f.mtime_ns, d.parser, d.name FROM files f JOIN datasets d "
+                "ON f.dataset_id = d.id WHERE f.id = ?",
                 [file_id],
             ).fetchone()
             cls = _parser_class(parser)
-            self._files[file_id] = (Path(path), size, cls.text_field if cls else "text")
-        path, size, field = self._files[file_id]
+            self._files[file_id] = (Path(path), size, mtime_ns, name, cls.text_field if cls else "text")
+        path, size, mtime_ns, name, field = self._files[file_id]
+        fix = (f"Restore the registered version, or register the data again into a fresh index directory "
+               f"(titan-recipes mixture register NEW_INDEX_DIR DATA_PATH --name {name}) and set mixture.index_dir "
+               f"to it (new sample ids: a run started on this index cannot resume on the new one).")
         try:
-            actual = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
-            raise DataError(f"Indexed file {path} is missing; restore it or register the dataset again.") from None
-        if actual != size:
+            raise DataError(f"Indexed file {path} (dataset {name!r} of {self.index.path}) is missing. {fix}") from None
+        # Size and mtime as recorded at registration (what make and rsync compare): the index holds byte
+        # offsets, line numbers and properties of that version, so an edited file would yield other texts.
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             raise DataError(
-                f"Indexed file {path} changed since it was indexed ({size} -> {actual} bytes); register it again "
-                f"in a fresh index, or restore it."
+                f"Indexed file {path} (dataset {name!r} of {self.index.path}) changed after registration "
+                f"(size {size} -> {st.st_size} bytes, mtime_ns {mtime_ns} -> {st.st_mtime_ns}); its samples' offsets, "
+                f"texts and properties in the index are stale. {fix}"
             )
         return path, field
 
