@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import socket
@@ -245,11 +246,13 @@ def summarize(
     stats: LaunchStats, *, last_step: int | None, training_steps: int, stop_at_step: int,
     preempted: bool, error: BaseException | None, wall_time_s: float,
 ) -> dict[str, Any]:
-    """The ``summary.json`` of one launch. ``exit_reason``: ``error`` (an exception is propagating),
-    ``preempted`` (a signal stop), ``completed`` (``training.steps`` reached), ``stop_at_step``
-    (``launch.stop_at_step`` reached), else ``stopped``."""
+    """The ``summary.json`` of one launch. ``exit_reason``: ``diverged`` (a non-finite loss, gradient
+    norm or weights stopped the run, titan_recipes.guard), ``disk_full`` (a checkpoint save ran out of
+    space, titan_recipes.checkpointing), ``error`` (any other exception is propagating), ``preempted`` (a
+    signal stop), ``completed`` (``training.steps`` reached), ``stop_at_step`` (``launch.stop_at_step``
+    reached), else ``stopped``. An exception names its reason with an ``exit_reason`` attribute."""
     if error is not None:
-        reason = "error"
+        reason = getattr(error, "exit_reason", None) or "error"
     elif preempted:
         reason = "preempted"
     elif last_step is not None and last_step >= training_steps:
@@ -307,7 +310,10 @@ class RecipeMetricsProcessor(MetricsProcessor):
             wall_time_s=time.perf_counter() - self._start,
         )
         path = folder / SUMMARY_FILE
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            path.write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as e:  # e.g. the disk is full: the launch's own error must stay the one raised
+            logger.error("Could not write %s (%s); the launch's outcome was: %s", path, e, summary["exit_reason"])
         return path
 
 
