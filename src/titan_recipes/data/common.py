@@ -115,6 +115,87 @@ class Workers:
         )
 
 
+# -- reader processes and preemption signals -----------------------------------------------------------
+# Slurm signals every process of a job step (and torchrun forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT, and
+# SIGUSR1 with --signals-to-handle, to its workers' process group). A torch DataLoader worker dies of
+# them (torch's worker SIGTERM handler re-raises unless the signal came from its parent), and the trainer
+# then raises "DataLoader worker (pid N) is killed by signal" before it can save. Reader processes
+# therefore ignore these signals: the trainer alone decides (at a step boundary), and its workers end
+# when it shuts their iterator down or exits (torch's workers watch their parent).
+READER_IGNORED_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+"""Signals reader worker processes ignore, plus the trainer's ``launch.signals`` (see
+:func:`set_preemption_signals`)."""
+
+_preemption_signals: tuple[str, ...] = ()
+
+
+def set_preemption_signals(names: Any) -> None:
+    """Called by the trainer with ``launch.signals``: reader workers ignore these too."""
+    global _preemption_signals
+    _preemption_signals = tuple(str(n) for n in names)
+
+
+def reader_signals() -> list[Any]:
+    """The ``signal.Signals`` reader workers ignore (those of this platform)."""
+    import signal
+
+    names = dict.fromkeys((*READER_IGNORED_SIGNALS, *_preemption_signals))
+    return [getattr(signal, n) for n in names if hasattr(signal, n) and n not in ("SIGKILL", "SIGSTOP")]
+
+
+def ignore_reader_signals(*_: Any) -> None:
+    """In a reader worker process: ignore the preemption signals, then unblock them (they were blocked
+    across the fork by :func:`signals_blocked`, so one sent while the worker started is dropped)."""
+    import signal
+
+    sigs = reader_signals()
+    for s in sigs:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
+class _IgnoreSignalsThen:
+    """``worker_init_fn`` that ignores the reader signals, then calls the loader's own (picklable)."""
+
+    def __init__(self, then: Any = None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        ignore_reader_signals()
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def reader_worker_init_fn(then: Any = None) -> Any:
+    """A ``worker_init_fn`` for a torch DataLoader: ignore the preemption signals, then run ``then``."""
+    return then if isinstance(then, _IgnoreSignalsThen) else _IgnoreSignalsThen(then)
+
+
+def protect_workers(loader: Any) -> Any:
+    """Make the worker processes of a ``torch.utils.data.DataLoader`` (or a subclass, such as torchdata's
+    StatefulDataLoader) ignore the preemption signals, keeping its own ``worker_init_fn``. Other
+    objects are returned unchanged."""
+    if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0:
+        loader.worker_init_fn = reader_worker_init_fn(loader.worker_init_fn)
+    return loader
+
+
+class signals_blocked:
+    """Block the reader signals in this thread while reader processes are forked (``iter(loader)``): a
+    child inherits the mask, so a signal that arrives before its ``worker_init_fn`` ignores it stays
+    pending and is then dropped; in the trainer it is delivered when the block ends."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, reader_signals())
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+
 def training_workers(job_config: Any) -> Workers:
     """torchtitan's ``[training.dataloader]`` worker settings (defaults if the config has none)."""
     section = getattr(job_config.training, "dataloader", None)
@@ -165,6 +246,9 @@ class GlobalOrderLoader(BaseDataLoader):
     """
 
     state_key = "global_order"
+    vocab_size: int | None = None
+    """The tokenizer's size, set by ``data.build_dataloader``: loaders that read token ids from disk (MDS,
+    BlendCorpus) raise DataError for an id outside it (``integrity.check_token_ids``). None: unchecked."""
 
     def __init__(
         self, *, name: str, local_batch_size: int, dp_rank: int, dp_world_size: int, workers: Workers | None = None
@@ -250,12 +334,15 @@ class GlobalOrderLoader(BaseDataLoader):
             pin_memory=w.pin_memory and torch.cuda.is_available(),
             persistent_workers=w.persistent_workers,
             multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None,
+            worker_init_fn=reader_worker_init_fn(),  # workers ignore preemption signals: the trainer decides
         )
         logger.info(
             "Dataset %s: reading with %d worker process(es), prefetch_factor %s, pin_memory %s",
             self.name, w.num_workers, w.prefetch_factor or 2, w.pin_memory and torch.cuda.is_available(),
         )
-        for consumed, (rows, ids) in zip(itertools.count(self.consumed_samples, step), loader):
+        with signals_blocked():  # the workers are forked here
+            batches = iter(loader)
+        for consumed, (rows, ids) in zip(itertools.count(self.consumed_samples, step), batches):
             self.before_batch(consumed)
             yield rows.numpy() if isinstance(rows, torch.Tensor) else rows, ids.numpy() if isinstance(ids, torch.Tensor) else ids
 

@@ -13,6 +13,8 @@ import torch
 from torch.distributed.checkpoint.stateful import Stateful
 from torchtitan.components.dataloader import BaseDataLoader
 
+from ..data.common import protect_workers, signals_blocked
+
 logger = logging.getLogger(__name__)
 
 UNSTATEFUL_LOADER_POLICIES = ("error", "restart")
@@ -42,7 +44,7 @@ class ResumableLoader(Stateful):
                 "generator=torch.Generator().manual_seed(seed) to the DataLoader, or use a DistributedSampler "
                 "with a seed."
             )
-        self.loader, self.infinite = loader, infinite
+        self.loader, self.infinite = protect_workers(loader), infinite  # workers ignore preemption signals
         self.epoch, self.batches = 0, 0
         self._epoch_generator_states: list[torch.Tensor] = []
         self._resume = False
@@ -76,7 +78,8 @@ class ResumableLoader(Stateful):
         while True:
             self._start_epoch()
             skip, self._resume = (self.batches, False) if self._resume else (0, False)
-            iterator = iter(self.loader)
+            with signals_blocked():  # worker processes are forked here
+                iterator = iter(self.loader)
             if skip:
                 logger.info("ResumableLoader: resuming epoch %d after batch %d (reading and skipping %d batches)",
                             self.epoch, skip, skip)
@@ -115,7 +118,8 @@ class _RankStateLoader(BaseDataLoader):
         self.loader, self.dp_rank, self.dp_world_size = loader, dp_rank, dp_world_size
 
     def __iter__(self):
-        return iter(self.loader)
+        with signals_blocked():  # worker processes are forked here
+            return iter(self.loader)
 
     def state_dict(self) -> dict[str, Any]:
         return {f"dp_rank_{self.dp_rank}": pickle.dumps(self.loader.state_dict()), "world_size": self.dp_world_size}
@@ -140,7 +144,8 @@ class _RestartingLoader(BaseDataLoader):
         self.loader = loader
 
     def __iter__(self):
-        return iter(self.loader)
+        with signals_blocked():  # worker processes are forked here
+            return iter(self.loader)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -162,6 +167,7 @@ def wrap_loader(loader: Any, *, dp_rank: int, dp_world_size: int, checkpointing:
         raise ValueError(f"on_unstateful_loader must be one of {UNSTATEFUL_LOADER_POLICIES}, got {on_unstateful_loader!r}.")
     if not hasattr(loader, "__iter__"):
         raise TypeError(f"dataloader must be iterable (yielding ({{'input': x}}, labels)), got {type(loader).__name__}.")
+    protect_workers(loader)  # a torch DataLoader's workers ignore the preemption signals: the trainer decides
     if isinstance(loader, BaseDataLoader):
         return loader
     if isinstance(loader, Stateful):

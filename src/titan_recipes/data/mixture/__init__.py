@@ -32,8 +32,9 @@ What exists:
   rank reads its block of every chunk, tokenizes the documents with BOS/EOS and packs them into rows of
   ``seq_len + 1`` tokens; with ``per_domain_loss`` each batch carries its label tokens' domain ids
   (``input_dict["domain_ids"]``, consumed by :mod:`titan_recipes.domain_loss`). Checkpoint state is
-  per DP rank (exact resume with the same DP degree; fingerprint of index files, mixture and
-  tokenizer), including a dynamic mixture's state. Only ``num_workers = 0``.
+  global: every rank's position, all-gathered at a save (exact resume with the same DP degree; with
+  another, the old ranks' unread documents first, nothing lost or repeated; fingerprint of index
+  files, mixture and tokenizer), including a dynamic mixture's state. Only ``num_workers = 0``.
 - :mod:`.ado` -- :class:`~.ado.AdoMixture`: ADO (arXiv 2410.11820, Mixtera's ``AdoDynamicMixing``),
   per-domain power-law fits of the DP-reduced per-domain losses that the trainer reports every step;
   new weights apply from the first chunk no rank has planned, so all ranks plan the same chunks.

@@ -120,11 +120,15 @@ class ChunkPlanner:
         id_hash = hashlib.sha256()
         for d in self.domains:
             id_hash.update(self.ids[d].tobytes())
-        self.fingerprint = fingerprint(
-            mixture=mixture.to_dict(), query=self.query.to_list(), seed=seed, chunk_size=chunk_size,
-            global_batch_size=self.global_batch_size, sizes=[[d, len(self.ids[d])] for d in self.domains],
-            ids=id_hash.hexdigest(),
-        )
+        order = dict(mixture=mixture.to_dict(), query=self.query.to_list(), seed=seed, chunk_size=chunk_size,
+                     sizes=[[d, len(self.ids[d])] for d in self.domains], ids=id_hash.hexdigest())
+        self.order_fingerprint = fingerprint(**order)
+        """Hash of what decides the chunks' contents (not the global batch size, which only places chunks
+        on a schedule's steps): a resume with another DP degree keeps it. Written into the state."""
+        self._order_parts = order
+        self.fingerprint = self.fingerprint_for(self.global_batch_size)
+        """The hash that also covers ``global_batch_size``: states written before the order fingerprint
+        carry it, and still load."""
         self.next_chunk_index = 0
         self.cursors: dict[Any, int] = {d: 0 for d in self.domains}
         self._perm_cache: dict[tuple[Any, int], np.ndarray] = {}
@@ -133,6 +137,10 @@ class ChunkPlanner:
             mixture.property, mixture.mixture_id, chunk_size, seed, self.query,
             {d: len(self.ids[d]) for d in self.domains},
         )
+
+    def fingerprint_for(self, global_batch_size: int) -> str:
+        """:attr:`fingerprint` as a planner with another ``global_batch_size`` has it."""
+        return fingerprint(**self._order_parts, global_batch_size=global_batch_size)
 
     def step_of_chunk(self, k: int) -> int:
         """The training step in which chunk ``k`` starts."""
@@ -181,17 +189,17 @@ class ChunkPlanner:
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "fingerprint": self.fingerprint,
+            "fingerprint": self.order_fingerprint,
             "mixture_id": self.mixture.mixture_id,
             "next_chunk": self.next_chunk_index,
             "cursors": {str(d): c for d, c in self.cursors.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["fingerprint"] != self.fingerprint:
+        if state["fingerprint"] not in (self.order_fingerprint, self.fingerprint):
             raise FingerprintMismatchError(
                 f"Mixture planner state was written for other data or settings (fingerprint "
-                f"{state['fingerprint']}, mixture {state.get('mixture_id')}) than configured ({self.fingerprint}, "
+                f"{state['fingerprint']}, mixture {state.get('mixture_id')}) than configured ({self.order_fingerprint}, "
                 f"mixture {self.mixture.mixture_id}): the mixture, query, seed, chunk size or indexed samples "
                 f"changed. Resuming would follow another sample order; restore the settings, or restart the "
                 f"data deliberately."

@@ -14,13 +14,30 @@ LongTensor[B] with each row's domain (the domain of most of its label tokens, ti
 and ``loader.last_token_domain_ids`` a LongTensor[B, L] with each label token's domain; ids index
 ``loader.domains`` (the mixture's domains, sorted by name).
 
-Checkpoint state is **per DP rank** (the ranks pack different documents, so they stand at different
-token positions): under the key ``mixture_dp_rank_<r>``, a JSON string with the planner state before
-the rank's current chunk, the position in the rank's block of it (document index, token offset), the
-number of batches read, the DP degree and the fingerprint. A resume is exact; it needs the same DP
-degree (DataError otherwise). The fingerprint covers the index's files (dataset, path, size, samples),
-the mixture, query, seed, chunk size, the samples taken, the tokenizer and seq_len: a checkpoint
-written for other data or settings refuses with FingerprintMismatchError.
+Checkpoint state is **global**: the ranks pack different documents, so they stand at different token
+positions; at a save every rank all-gathers the positions of all DP ranks (one small object per rank)
+and writes the same JSON string (DCP keeps one copy) under ``mixture_dp_rank_0``, the key every
+checkpoint of this loader has had at any DP degree::
+
+    {"version": 2, "fingerprint": "...", "dp_world_size": 2, "local_batch_size": 8, "global_batch_size": 16,
+     "batches": 40, "ranks": [{"carry": [], "chunk_state": {...}, "item": 3, "offset": 17}, {...}],
+     "mixture": {...}}   # "mixture": dynamic (ADO) mixtures only
+
+A rank's position is the planner state before its current chunk, the position in its block of it
+(document index, token offset), and ``carry``: documents (sample id, domain id, token offset) it must
+read before its next chunk (see below). A resume with the same DP degree takes each rank's position
+back: exact. A resume with another DP degree continues the same global order with no document lost or
+repeated: the unread rest of every old rank (its carry, the rest of its current block and its blocks of
+the chunks other ranks already started), in chunk order and old-rank order, is cut into one
+contiguous piece per new rank as its carry; after it every new rank continues with the first chunk no
+old rank had started, cut the new way. (Rows, and so losses, differ from an uninterrupted run with the
+old degree, as they would with any packing; the documents do not.) Schedules and ADO place chunks on
+training steps by the global batch (``local_batch_size x DP degree``): for them a change of the global
+batch is refused with a DataError naming the DP degrees; a static mixture resumes with any. The
+fingerprint covers the index's files (dataset, path, size, samples), the mixture, query, seed, chunk
+size, the samples taken, the tokenizer and seq_len: a checkpoint written for other data or settings
+refuses with FingerprintMismatchError. States written before this format (``mixture_dp_rank_<r>``, one
+per rank, each rank's own position) still load with their DP degree (and a 1-rank one with any).
 
 Workers: only ``training.dataloader.num_workers = 0`` (reading in the training process) is supported
 in this slice; other values are a ConfigError.
@@ -71,9 +88,13 @@ class MixtureLoader(BaseDataLoader):
         dp_rank, dp_world_size: this rank and the DP degree.
         chunk_size, seed, query: the planner's (:class:`ChunkPlanner`).
         workers: only ``num_workers = 0`` is supported (ConfigError otherwise).
+        legacy_rank_keys: how many old-format per-rank keys (``mixture_dp_rank_<r>``) the checkpoint to
+            resume holds; ranks ``0 < r < legacy_rank_keys`` also ask for their own key, so that an old
+            multi-rank checkpoint resumes with its DP degree (:func:`checkpoint_rank_keys` finds them).
     """
 
     state_key = "mixture"
+    STATE_VERSION = 2
 
     def __init__(
         self,
@@ -90,6 +111,7 @@ class MixtureLoader(BaseDataLoader):
         query: Query | None = None,
         workers: Workers | None = None,
         emit_domain_ids: bool = False,
+        legacy_rank_keys: int = 0,
     ):
         if workers is not None and workers.num_workers:
             raise ConfigError(
@@ -119,11 +141,16 @@ class MixtureLoader(BaseDataLoader):
         )
         self.domains: list[Any] = list(self.planner.domains)
         self._domain_id = {d: i for i, d in enumerate(self.domains)}
+        files, tok = index.files_fingerprint(), tokenizer_fingerprint(tokenizer)
         self.data_fingerprint = fingerprint(
-            planner=self.planner.fingerprint, files=index.files_fingerprint(), seq_len=seq_len,
-            tokenizer=tokenizer_fingerprint(tokenizer),
+            planner=self.planner.order_fingerprint, files=files, seq_len=seq_len, tokenizer=tok,
         )
-        # Position: the planner state before the current chunk, and where this rank stands in its block.
+        self._fingerprint_parts = dict(files=files, seq_len=seq_len, tokenizer=tok)
+        self.legacy_rank_keys = legacy_rank_keys
+        # Position: documents to read first (carried over from a resume with another DP degree), the
+        # planner state before the current chunk, and where this rank stands in its block.
+        self._carry: list[list[int]] = []  # [sample id, domain id, token offset] per document
+        self._carry_tokens: list[np.ndarray] = []
         self._chunk_state: dict[str, Any] = self.planner.state_dict()
         self._item = 0
         self._offset = 0
@@ -133,6 +160,8 @@ class MixtureLoader(BaseDataLoader):
         self.last_domain_ids: torch.Tensor | None = None
         self.last_token_domain_ids: torch.Tensor | None = None
         self.last_sample_ids: np.ndarray | None = None
+        self.last_row_spans: list[list[tuple[int, int, int]]] = []
+        """Per row of the last batch: the (sample id, first token, end token) pieces of documents it holds."""
         logger.info(
             "Mixture loader: dp_rank %d of %d, %d rows of %d tokens per batch, domains %s, fingerprint %s",
             dp_rank, dp_world_size, local_batch_size, seq_len + 1, self.domains, self.data_fingerprint,
@@ -141,6 +170,10 @@ class MixtureLoader(BaseDataLoader):
     @property
     def _rank_key(self) -> str:
         return f"{self.state_key}_dp_rank_{self.dp_rank}"
+
+    @property
+    def _global_key(self) -> str:
+        return f"{self.state_key}_dp_rank_0"
 
     # -- reading ---------------------------------------------------------------------------------
     def _load_chunk(self) -> None:
@@ -161,12 +194,28 @@ class MixtureLoader(BaseDataLoader):
         self._item = self._offset = 0
         self._load_chunk()
 
-    def _row(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """The next ``seq_len + 1`` tokens of this rank's stream, their domains, the documents used."""
+    def _row(self) -> tuple[np.ndarray, np.ndarray, list[int], list[tuple[int, int, int]]]:
+        """The next ``seq_len + 1`` tokens of this rank's stream, their domains, the documents used and
+        the (sample id, start, end) token pieces taken from them."""
         need = self.seq_len + 1
-        tokens, domains, ids = [], [], []
+        tokens, domains, ids, spans = [], [], [], []
         empty_blocks = 0
         while need:
+            if self._carry:  # documents carried over from a resume with another DP degree come first
+                sid, dom, start = self._carry[0]
+                doc = self._carry_tokens[0]
+                take = doc[start : start + need]
+                tokens.append(take)
+                domains.append(np.full(len(take), dom, dtype=np.int64))
+                ids.append(sid)
+                spans.append((sid, start, start + len(take)))
+                need -= len(take)
+                if start + len(take) >= len(doc):
+                    self._carry.pop(0)
+                    self._carry_tokens.pop(0)
+                else:
+                    self._carry[0] = [sid, dom, start + len(take)]
+                continue
             if self._docs is None:
                 self._load_chunk()
             if self._item >= len(self._docs):
@@ -180,26 +229,30 @@ class MixtureLoader(BaseDataLoader):
             tokens.append(take)
             domains.append(np.full(len(take), self._doc_domains[self._item], dtype=np.int64))
             ids.append(int(self._sample_ids[self._item]))
+            spans.append((ids[-1], self._offset, self._offset + len(take)))
             need -= len(take)
             self._offset += len(take)
             if self._offset >= len(doc):
                 self._item += 1
                 self._offset = 0
-        return np.concatenate(tokens), np.concatenate(domains), ids
+        return np.concatenate(tokens), np.concatenate(domains), ids, spans
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         if self.batches:
             logger.info(
-                "Mixture loader resumes at batch %d: chunk %d, document %d, token %d of dp_rank %d's block",
-                self.batches, self._chunk_state["next_chunk"], self._item, self._offset, self.dp_rank,
+                "Mixture loader resumes at batch %d: %d carried document(s), then chunk %d, document %d, "
+                "token %d of dp_rank %d's block", self.batches, len(self._carry), self._chunk_state["next_chunk"],
+                self._item, self._offset, self.dp_rank,
             )
         while True:
-            rows, doms, sample_ids = [], [], []
+            rows, doms, sample_ids, spans = [], [], [], []
             for _ in range(self.local_batch_size):
-                row, dom, ids = self._row()
+                row, dom, ids, row_spans = self._row()
                 rows.append(row)
                 doms.append(dom)
                 sample_ids.append(ids[0])
+                spans.append(row_spans)
+            self.last_row_spans = spans
             batch = torch.from_numpy(np.stack(rows))
             token_domains = torch.from_numpy(np.stack(doms)[:, 1:].copy())
             counts = torch.zeros(len(rows), len(self.domains), dtype=torch.long).scatter_add_(
@@ -229,38 +282,58 @@ class MixtureLoader(BaseDataLoader):
         self.mixture.apply(weights, from_chunk)
 
     # -- checkpointing ---------------------------------------------------------------------------
+    def position(self) -> dict[str, Any]:
+        """This rank's place in the global order (JSON-able): see the module docstring."""
+        return {"carry": [list(c) for c in self._carry], "chunk_state": self._chunk_state,
+                "item": self._item, "offset": self._offset}
+
+    def _gather_positions(self) -> list[dict[str, Any] | None]:
+        """Every DP rank's :meth:`position`, by DP rank: all-gathered over the default process group
+        (every rank of every parallel dimension calls it, as DCP calls ``state_dict`` on every rank;
+        ranks of one DP rank hold the same position). Without a process group only this rank's is known."""
+        import torch.distributed as dist
+
+        mine = (self.dp_rank, self.position())
+        if self.dp_world_size > 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, mine)
+        else:
+            gathered = [mine]
+        positions: list[dict[str, Any] | None] = [None] * self.dp_world_size
+        for rank, pos in gathered:
+            if positions[rank] is None:
+                positions[rank] = pos
+        return positions
+
     def state_dict(self) -> dict[str, Any]:
         state = {
+            "version": self.STATE_VERSION,
             "fingerprint": self.data_fingerprint,
             "dp_world_size": self.dp_world_size,
+            "local_batch_size": self.local_batch_size,
+            "global_batch_size": self.local_batch_size * self.dp_world_size,
             "batches": self.batches,
-            "chunk_state": self._chunk_state,
-            "item": self._item,
-            "offset": self._offset,
+            "ranks": self._gather_positions(),
         }
         if self.mixture.dynamic:
             state["mixture"] = self.mixture.state_dict()
-        return {self._rank_key: json.dumps(state, sort_keys=True)}
+        out = {self._global_key: json.dumps(state, sort_keys=True)}
+        if 0 < self.dp_rank < self.legacy_rank_keys:  # resuming an old per-rank checkpoint: ask for our key too
+            out[self._rank_key] = out[self._global_key]
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
-        if self._rank_key not in state_dict:
-            ours = sorted(k for k in state_dict if k.startswith(f"{self.state_key}_dp_rank_"))
-            if ours:
-                raise DataError(
-                    f"Mixture loader: the checkpoint has state for {ours} but not for {self._rank_key}: it was "
-                    f"written with another DP degree. The mixture loader's state is per DP rank; resume with "
-                    f"the same DP degree, or set checkpoint.exclude_from_loading = ['dataloader'] to restart "
-                    f"the data."
-                )
+        if self._global_key not in state_dict:
             raise DataError(
-                f"Checkpoint has no '{self._rank_key}' data-loader state (keys: {sorted(state_dict)}): it was "
+                f"Checkpoint has no '{self._global_key}' data-loader state (keys: {sorted(state_dict)}): it was "
                 f"written by another loader. Start a fresh run directory, or set "
                 f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data from the beginning."
             )
-        raw = state_dict[self._rank_key]
-        state = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        state = _decode(state_dict[self._global_key])
+        if "version" not in state:  # written before version 2: one key per rank, each rank's own position
+            state = self._from_legacy(state, state_dict)
         if state["fingerprint"] != self.data_fingerprint:
             raise FingerprintMismatchError(
                 f"Mixture loader: the checkpoint's data fingerprint {state['fingerprint']} does not match the "
@@ -269,19 +342,136 @@ class MixtureLoader(BaseDataLoader):
                 f"another sample order. Restore the settings, or set checkpoint.exclude_from_loading = "
                 f"['dataloader'] to restart the data deliberately."
             )
-        if state["dp_world_size"] != self.dp_world_size:
+        old_world, positions = int(state["dp_world_size"]), state["ranks"]
+        missing = [r for r, p in enumerate(positions) if p is None]
+        if len(positions) != old_world or missing:
             raise DataError(
-                f"Mixture loader: the checkpoint was written with DP degree {state['dp_world_size']}, this run has "
-                f"{self.dp_world_size}; the mixture loader's state is per DP rank, resume with the same degree."
+                f"Mixture loader: the checkpoint holds no position for DP rank(s) {missing} of its DP degree "
+                f"{old_world}; it was not written by a complete job. Resume from another checkpoint."
             )
-        if self.mixture.dynamic:  # before re-planning: the current chunk may use adapted weights
+        gbs = self.local_batch_size * self.dp_world_size
+        if state["global_batch_size"] != gbs and not isinstance(self.mixture, StaticMixture):
+            raise DataError(
+                f"Mixture loader: the checkpoint was written with DP degree {old_world} x local_batch_size "
+                f"{state['local_batch_size']} = global batch {state['global_batch_size']}; this run has DP degree "
+                f"{self.dp_world_size} x {self.local_batch_size} = {gbs}. A {type(self.mixture).__name__} places "
+                f"chunks on training steps by the global batch, so it needs the same one: set "
+                f"training.local_batch_size = {state['global_batch_size'] // self.dp_world_size} (when that divides), "
+                f"or resume with DP degree {old_world}."
+            )
+        if self.mixture.dynamic:  # before re-planning: the chunks may use adapted weights
             self.mixture.load_state_dict(state["mixture"])
-        self.planner.load_state_dict(state["chunk_state"])  # checks the planner's own fingerprint too
-        self._chunk_state = state["chunk_state"]
-        self._item, self._offset = int(state["item"]), int(state["offset"])
+        if old_world == self.dp_world_size:
+            mine = positions[self.dp_rank]
+        else:
+            mine = self._reshard(positions)
+            logger.info(
+                "Mixture loader: the checkpoint was written with DP degree %d, this run has %d: dp_rank %d "
+                "first reads %d carried document(s) of the old ranks' unread rest, then chunk %d on.",
+                old_world, self.dp_world_size, self.dp_rank, len(mine["carry"]), mine["chunk_state"]["next_chunk"],
+            )
         self.batches = int(state["batches"])
+        self._set_position(mine)
+        self.legacy_rank_keys = 0  # later checkpoints of this run are of the current format
+
+    def _from_legacy(self, state: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+        """A state written before version 2 (this rank's own position under ``mixture_dp_rank_<r>``) as a
+        version-2 state. A 1-rank one is complete; a multi-rank one only for its own DP degree."""
+        old_world = int(state["dp_world_size"])
+        expected = self.legacy_fingerprint(self.local_batch_size * old_world)  # it covered the global batch
+        if state["fingerprint"] != expected:
+            raise FingerprintMismatchError(
+                f"Mixture loader: the checkpoint's data fingerprint {state['fingerprint']} does not match the "
+                f"configured data ({expected}): the index's files, the mixture, query, seed, chunk size, "
+                f"tokenizer, seq_len or training.local_batch_size changed since it was written (a checkpoint of "
+                f"this older format also needs the local batch size it was written with). Restore the "
+                f"settings, or set checkpoint.exclude_from_loading = ['dataloader'] to restart the data deliberately."
+            )
+        if old_world > 1:
+            raw = state_dict.get(self._rank_key) if self.dp_world_size == old_world else None
+            if raw is None:
+                raise DataError(
+                    f"Mixture loader: the checkpoint was written with DP degree {old_world} by an older version that "
+                    f"kept one state per DP rank; this run has DP degree {self.dp_world_size}. Resume it with DP "
+                    f"degree {old_world} (its next checkpoint then resumes with any degree), or set "
+                    f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data."
+                )
+            state = _decode(raw)
+        pos = {"carry": [], "chunk_state": state["chunk_state"], "item": state["item"], "offset": state["offset"]}
+        ranks: list[Any] = [pos] if old_world == 1 else [pos if r == self.dp_rank else {} for r in range(old_world)]
+        out = {"version": self.STATE_VERSION, "fingerprint": self.data_fingerprint, "dp_world_size": old_world,
+               "local_batch_size": self.local_batch_size, "global_batch_size": self.local_batch_size * old_world,
+               "batches": state["batches"], "ranks": ranks}
+        if "mixture" in state:
+            out["mixture"] = state["mixture"]
+        return out
+
+    def legacy_fingerprint(self, global_batch_size: int) -> str:
+        """The data fingerprint states before version 2 hold (it covered the global batch size)."""
+        return fingerprint(planner=self.planner.fingerprint_for(global_batch_size), **self._fingerprint_parts)
+
+    def _set_position(self, pos: dict[str, Any]) -> None:
+        self.planner.load_state_dict(pos["chunk_state"])  # checks the planner's own fingerprint too
+        self._chunk_state = pos["chunk_state"]
+        self._item, self._offset = int(pos["item"]), int(pos["offset"])
+        self._carry = [[int(s), int(d), int(o)] for s, d, o in pos["carry"]]
+        self._carry_tokens = [
+            np.asarray(self.tokenizer.encode(t, add_bos=True, add_eos=True), dtype=np.int64)
+            for t in (self.index.read_texts(np.asarray([c[0] for c in self._carry], dtype=np.int64)) if self._carry else [])
+        ]
         self._docs = None  # re-planned and re-tokenized on the next read
-        self._load_chunk()
+        if not self._carry:
+            self._load_chunk()
+
+    def _reshard(self, positions: list[dict[str, Any]]) -> dict[str, Any]:
+        """This rank's position when the old ranks stood at ``positions``: the unread rest of every old rank
+        (its carry; the rest of its block of its current chunk; its blocks of later chunks another old rank
+        had started), in chunk order then old-rank order, cut into ``dp_world_size`` contiguous pieces;
+        then the chunks after the last one any old rank had started."""
+        old_world = len(positions)
+        starts = [int(p["chunk_state"]["next_chunk"]) for p in positions]
+        first, last = min(starts), max(starts)
+        self.planner.load_state_dict(positions[starts.index(first)]["chunk_state"])
+        chunks = {}
+        for k in range(first, last + 1):
+            chunks[k] = self.planner.next_chunk()
+        after_last = self.planner.state_dict()
+        rest: list[list[int]] = [list(c) for p in positions for c in p["carry"]]
+        for k in range(first, last + 1):
+            for r, p in enumerate(positions):
+                if k < starts[r]:
+                    continue
+                block = chunks[k].shard(r, old_world)
+                item, offset = (int(p["item"]), int(p["offset"])) if k == starts[r] else (0, 0)
+                for j in range(item, len(block)):
+                    domain, sid = block[j]
+                    rest.append([int(sid), self._domain_id[domain], offset if j == item else 0])
+        n, w, r = len(rest), self.dp_world_size, self.dp_rank
+        return {"carry": rest[r * n // w : (r + 1) * n // w], "chunk_state": after_last, "item": 0, "offset": 0}
+
+
+def _decode(raw: Any) -> dict[str, Any]:
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def checkpoint_rank_keys(job_config: Any) -> int:
+    """How many old-format per-rank mixture keys (``dataloader.mixture_dp_rank_<r>``) the checkpoint this
+    launch will resume from holds (0 when there is none, or it is of the current format, which has one
+    key). Looked up in the DCP metadata of ``checkpoint.load_step`` or the newest ``step-N`` folder."""
+    import pickle
+    import re
+
+    try:
+        ckpt = job_config.checkpoint
+        folder = Path(job_config.job.dump_folder, ckpt.folder)
+        steps = {int(m.group(1)): p for p in folder.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))}
+        step = ckpt.load_step if ckpt.load_step > 0 else max((s for s, p in steps.items() if (p / ".metadata").is_file()), default=None)
+        if step is None or step not in steps:
+            return 0
+        keys = pickle.loads((steps[step] / ".metadata").read_bytes()).state_dict_metadata
+    except Exception:  # no checkpoint folder or config, unreadable metadata: nothing to adapt to (the load reports it)
+        return 0
+    return len([k for k in keys if re.fullmatch(r"dataloader\.mixture_dp_rank_\d+", k)])
 
 
 # -- building from the config -------------------------------------------------------------------------
@@ -373,8 +563,19 @@ def build_mixture_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokeni
             index=index, mixture=mixture, tokenizer=tokenizer, seq_len=training.seq_len,
             local_batch_size=training.local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size,
             chunk_size=section.chunk_size, seed=section.seed, query=query, workers=training_workers(job_config),
-            emit_domain_ids=section.per_domain_loss,
+            emit_domain_ids=section.per_domain_loss, legacy_rank_keys=checkpoint_rank_keys(job_config),
         )
     except BaseException:
         index.close()
         raise
+
+
+def merge_rank_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One checkpoint state from the ``state_dict()`` of each DP rank's loader taken without a process
+    group (each then knows only its own position), as the all-gather of a distributed save makes it.
+    For tests and tools that drive several ranks' loaders in one process."""
+    decoded = [_decode(next(iter(s.values()))) for s in states]
+    merged = dict(decoded[0])
+    merged["ranks"] = [next(p for p in (d["ranks"][r] for d in decoded) if p is not None)
+                       for r in range(merged["dp_world_size"])]
+    return {f"{MixtureLoader.state_key}_dp_rank_0": json.dumps(merged, sort_keys=True)}
