@@ -15,6 +15,9 @@ config and raises :class:`ConfigError` naming ``section.key``, the expected type
 
 
 import dataclasses
+import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +83,15 @@ class Launch:
     scripts that launch through torchrun look for ``preempted.json`` in the run directory instead
     (slurm/train.sbatch does)."""
 
+    on_nonfinite: str = "stop"
+    """What a non-finite (NaN or inf) loss or gradient norm does, checked on every rank after every step,
+    before that step's checkpoint (titan_recipes.guard): ``"stop"`` raises at once with the step and the
+    values, exits non-zero and records ``exit_reason = "diverged"`` in ``summary.json``; the step is not
+    saved and earlier checkpoints stay, so a relaunch (after lowering ``optimizer.lr``, say) resumes from
+    the last good one. ``"warn"`` logs a warning and trains on. In both modes a checkpoint whose weights
+    are non-finite is never written. Costs one pass over the local gradients (as clipping does), one
+    two-float all-reduce and one host sync per step."""
+
 
 @dataclass
 class MosaicDataset:
@@ -99,8 +111,11 @@ class MosaicDataset:
     ``remote`` (e.g. ``"s3://bucket/prefix"``, endpoint from the ``S3_ENDPOINT_URL`` environment
     variable) makes ``local`` a download cache: index.json when the loader is built, shards on first
     use, hash-checked. streaming's other ``Stream`` fields: ``split`` (a subdirectory of local and
-    remote), ``download_retry``, ``download_timeout``, ``validate_hash``, ``keep_zip``. Changing streams or weights changes the data fingerprint (paths do not).
-    TOML only: torchtitan's CLI parser (tyro) offers no ``--mosaic_dataloader.dataset.streams`` flag."""
+    remote), ``download_retry``, ``download_timeout``, ``validate_hash``, ``keep_zip``. ``validate_hash =
+    "xxh64"`` checks every shard file against index.json on its first use in each process, local ones
+    too (streaming checks only downloads); without it a changed byte is caught only when it breaks a
+    shard's structure or makes a token id >= the tokenizer's size (titan_recipes/data/integrity.py). Changing streams or weights changes the data fingerprint (paths do not).
+    TOML only: the command line cannot express nested tables (``--help`` lists the key as ``{TOML only}``)."""
 
     non_iid_streams: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Non-IID data per data-parallel rank: ``[mosaic_dataloader.dataset.non_iid_streams.dp_rank_<N>.<stream>]``
@@ -402,6 +417,11 @@ class JobConfig:
 
 def validate_launch(config: Any) -> None:
     _validate_signals(config.launch)
+    if config.launch.on_nonfinite not in ("stop", "warn"):
+        raise ConfigError(
+            f'launch.on_nonfinite must be "stop" or "warn", got {config.launch.on_nonfinite!r}. Fix it in the '
+            f"[launch] table of the TOML file or with --launch.on_nonfinite."
+        )
     stop = config.launch.stop_at_step
     if stop == -1:
         return
@@ -500,3 +520,187 @@ def validate_job_config(config: Any, prefix: str = "") -> None:
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+# -- values: ranges and relations torchtitan 0.2.2 does not check (or checks with a bare assert) -------
+
+
+def validate_values(config: Any) -> None:
+    """Raise ConfigError for a value of a torchtitan key that is out of range (the types are checked by
+    :func:`validate_job_config` first). torchtitan 0.2.2 accepts these and then fails obscurely or
+    trains nonsense: ``training.steps = 0`` exits 0 without a step, ``training.seq_len = 0`` and
+    ``checkpoint.interval = 0`` raise a bare ZeroDivisionError, a negative ``training.max_norm`` flips
+    the gradients' sign, a negative ``lr_scheduler.warmup_steps`` stretches the decay silently.
+    Checks that depend on the world size use ``WORLD_SIZE`` (skipped when unset)."""
+    t = config.training
+    _at_least(config, "training.steps", 1, "the number of optimizer steps to train")
+    _at_least(config, "training.seq_len", 1, "tokens per sample")
+    _at_least(config, "training.local_batch_size", 1, "samples per rank per micro-batch")
+    _at_least(config, "training.gc_freq", 1, "steps between Python garbage collections")
+    _at_least(config, "metrics.log_freq", 1, "steps between two logged steps")
+    _at_least(config, "checkpoint.interval", 1, "steps between two checkpoints")
+    _at_least(config, "checkpoint.keep_latest_k", 0, "checkpoints kept; 0 keeps all")
+    _at_least(config, "checkpoint.load_step", -1, "the step to load; -1 loads the latest")
+    _at_least(config, "lr_scheduler.warmup_steps", 0, "steps of linear warmup; 0 for none")
+    if config.lr_scheduler.total_steps is not None:
+        _at_least(config, "lr_scheduler.total_steps", 1, "the schedule's length; unset follows training.steps")
+    _finite_range(config, "optimizer.lr", 0.0, None, "the peak learning rate")
+    _finite_range(config, "optimizer.eps", 0.0, None, "AdamW's epsilon")
+    _finite_range(config, "optimizer.weight_decay", 0.0, None, "decoupled weight decay; 0 for none")
+    _finite_range(config, "lr_scheduler.min_lr_factor", 0.0, 1.0, "the final LR as a fraction of optimizer.lr")
+    if config.lr_scheduler.decay_ratio is not None:
+        _finite_range(config, "lr_scheduler.decay_ratio", 0.0, 1.0,
+                      "the share of the schedule spent decaying; unset decays after warmup")
+    if math.isnan(t.max_norm) or t.max_norm <= 0:
+        raise ConfigError(
+            f"training.max_norm must be > 0 (the gradient norm to clip to; inf for no clipping), got "
+            f"{t.max_norm}: clipping to 0 zeroes every gradient and a negative value flips their sign, so "
+            f"the run would train nothing or ascend the loss. Fix it in [training] or with --training.max_norm."
+        )
+    _validate_batch(config)
+    if config.validation.enable:
+        _at_least(config, "validation.freq", 1, "steps between validations")
+        _at_least(config, "validation.local_batch_size", 1, "validation samples per rank")
+        _at_least(config, "validation.seq_len", 1, "tokens per validation sample")
+        # validation.steps: torchtitan's Validation.__post_init__ rejects 0 and < -1 while parsing.
+    if config.profiling.enable_profiling:
+        _at_least(config, "profiling.profile_freq", 1, "steps between profiles")
+
+
+def _get(config: Any, key: str) -> Any:
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _at_least(config: Any, key: str, low: int, meaning: str) -> None:
+    value = _get(config, key)
+    if value < low:
+        raise ConfigError(
+            f"{key} must be >= {low} ({meaning}), got {value}. Fix it in the [{key.rsplit('.', 1)[0]}] "
+            f"table of the TOML file or with --{key}."
+        )
+
+
+def _finite_range(config: Any, key: str, low: float, high: float | None, meaning: str) -> None:
+    value = _get(config, key)
+    if math.isfinite(value) and low <= value and (high is None or value <= high):
+        return
+    allowed = f"a finite number >= {low}" if high is None else f"between {low} and {high}"
+    raise ConfigError(
+        f"{key} must be {allowed} ({meaning}), got {value}. Fix it in the [{key.rsplit('.', 1)[0]}] table "
+        f"of the TOML file or with --{key}."
+    )
+
+
+def _validate_batch(config: Any) -> None:
+    """torchtitan derives the gradient accumulation steps as global // (local x DP degree) and checks
+    the division with bare asserts (gone under ``python -O``)."""
+    p, t = config.parallelism, config.training
+    degrees = {
+        "data_parallel_replicate_degree": p.data_parallel_replicate_degree,
+        "tensor_parallel_degree": p.tensor_parallel_degree,
+        "pipeline_parallel_degree": p.pipeline_parallel_degree,
+        "context_parallel_degree": p.context_parallel_degree,
+        "expert_parallel_degree": p.expert_parallel_degree,
+        "expert_tensor_parallel_degree": p.expert_tensor_parallel_degree,
+    }
+    for name, degree in degrees.items():
+        if degree < 1:
+            raise ConfigError(f"parallelism.{name} must be >= 1, got {degree}. Fix it with --parallelism.{name}.")
+    shard = p.data_parallel_shard_degree
+    if shard == 0 or shard < -1:
+        raise ConfigError(
+            f"parallelism.data_parallel_shard_degree must be -1 (all processes left after the other "
+            f"degrees) or >= 1, got {shard}."
+        )
+    if t.global_batch_size == 0 or t.global_batch_size < -1:
+        raise ConfigError(
+            f"training.global_batch_size must be -1 (local_batch_size x data-parallel degree, no gradient "
+            f"accumulation) or >= 1 samples, got {t.global_batch_size}."
+        )
+    world = os.environ.get("WORLD_SIZE")
+    if not world or not world.isdigit():
+        return
+    world_size = int(world)
+    others = p.data_parallel_replicate_degree * p.tensor_parallel_degree * p.pipeline_parallel_degree
+    others *= p.context_parallel_degree
+    if shard == -1:
+        shard = world_size // others
+    if shard < 1 or others * shard != world_size:
+        raise ConfigError(
+            f"The parallelism degrees do not multiply to the {world_size} processes of this job: "
+            f"data_parallel_replicate_degree ({p.data_parallel_replicate_degree}) x data_parallel_shard_degree "
+            f"({p.data_parallel_shard_degree}) x context_parallel_degree ({p.context_parallel_degree}) x "
+            f"tensor_parallel_degree ({p.tensor_parallel_degree}) x pipeline_parallel_degree "
+            f"({p.pipeline_parallel_degree}) must equal WORLD_SIZE ({world_size}). Change a degree or the "
+            f"process count (NGPU)."
+        )
+    per_step = t.local_batch_size * p.data_parallel_replicate_degree * shard
+    if t.global_batch_size > 0 and t.global_batch_size % per_step:
+        raise ConfigError(
+            f"training.global_batch_size ({t.global_batch_size}) must be a multiple of training.local_batch_size "
+            f"({t.local_batch_size}) x the data-parallel degree ({per_step // t.local_batch_size} with "
+            f"{world_size} processes) = {per_step}: it is reached by gradient accumulation over whole "
+            f"micro-batches. Use a multiple of {per_step}, or -1 for no accumulation."
+        )
+
+
+# -- the TOML file: torchtitan reads it before our Trainer exists ---------------------------------------
+
+
+_TOML_FLAGS = ("--job.config_file", "--job.config-file")
+
+
+def config_file_from_args(args: list[str]) -> str | None:
+    """The ``--job.config_file`` value in ``args``, found as torchtitan's ConfigManager finds it."""
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        if eq and key in _TOML_FLAGS:
+            return value
+        if arg in _TOML_FLAGS and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """The tables of a TOML config file, or ConfigError naming the file, the line and what is wrong.
+
+    torchtitan's ConfigManager logs a traceback and re-raises ``tomllib.TOMLDecodeError``, whose
+    message ("Expected '=' after a key in a key/value pair (at line 3, column 8)") names no file."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Job config file not found: '{path}' (relative paths resolve from {os.getcwd()}); check "
+            f"--job.config_file or CONFIG_FILE."
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"Job config file '{path}' is a directory; --job.config_file needs a .toml file.") from None
+    except tomllib.TOMLDecodeError as e:
+        where, text = "", ""
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        if m:
+            lineno = int(m.group(1))
+            where = f":{lineno}:{m.group(2)}"
+            with open(path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+            if 0 < lineno <= len(lines):
+                text = f"\n  line {lineno}: {lines[lineno - 1].rstrip()}"
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)|\s*\(at end of document\)", "", str(e))
+        raise ConfigError(
+            f"TOML syntax error in job config file {path}{where}: {reason}.{text}\nFix the file; "
+            f"the TOML format is described at https://toml.io (strings need quotes, tables are [section])."
+        ) from None
+
+
+def check_config_file(args: list[str]) -> None:
+    """Parse the ``--job.config_file`` named in ``args`` (if any) and raise ConfigError for a missing file
+    or a TOML syntax error; train.main() calls it before torchtitan's ConfigManager reads the file."""
+    path = config_file_from_args(args)
+    if path is not None:
+        load_toml(path)

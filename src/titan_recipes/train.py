@@ -46,8 +46,10 @@ def trainer_class():
     _prepare()
     from torchtitan.train import Trainer
 
-    from .config import ConfigError, validate_job_config, validate_launch, validate_monitor
+    from .checkpointing import install as install_checkpointer
+    from .config import ConfigError, validate_job_config, validate_launch, validate_monitor, validate_values
     from .domain_loss import build_domain_loss
+    from .guard import DivergenceGuard
     from .monitor import build_monitors
     from .records import write_run_record
     from .specs import register_recipe_spec, register_recipe_specs
@@ -59,15 +61,20 @@ def trainer_class():
 
         def __init__(self, job_config):
             validate_job_config(job_config)
+            validate_values(job_config)  # ranges: steps, seq_len, checkpoint.interval ... (before validate_launch divides)
             validate_launch(job_config)
             validate_monitor(job_config)  # [monitor] errors before the model is built
             self._signal_name: str | None = None  # first preemption signal this process received
             self._first_step: int | None = None  # the step this launch started from
             self.domain_loss = None  # set after torchtitan's __init__ built the data loader
+            self.guard = None  # divergence guard, set once the model exists
+            self._run_dir_locked = _lock_run_dir(job_config)  # before anything is written into the run dir
             self._install_signal_handlers(job_config)
             register_recipe_spec(job_config.model.name)  # recipes.<any TrainSpec>, on first use
             write_run_record(job_config)
             super().__init__(job_config)
+            install_checkpointer(self)  # resume from the newest full checkpoint; clean failed saves
+            self.guard = DivergenceGuard(self)  # [launch] on_nonfinite
             self.domain_loss = build_domain_loss(self)  # mixture runs: per-domain loss, ADO feedback
             if self.domain_loss is not None:
                 self.loss_fn = self.domain_loss.loss
@@ -93,8 +100,16 @@ def trainer_class():
                 self.domain_loss.take(input_dict)
             return super().post_dataloading_process(input_dict, labels)
 
+        def forward_backward_step(self, **kwargs):
+            loss = super().forward_backward_step(**kwargs)
+            if self.guard is not None:
+                self.guard.add_loss(loss)
+            return loss
+
         def train_step(self, data_iterator):
             super().train_step(data_iterator)
+            if self.guard is not None:  # before the loop saves this step's checkpoint
+                self.guard.check(self.step)
             if self.domain_loss is not None:
                 self.domain_loss.end_step(self.step)
 
@@ -102,6 +117,16 @@ def trainer_class():
             super().train()
             if self.step >= self.job_config.training.steps and not _preempted and _is_rank0():
                 self._report_fixture()
+
+        def close(self) -> None:
+            try:
+                super().close()  # the checkpointer, then summary.json
+            finally:
+                if getattr(self, "_run_dir_locked", False):  # the run directory's lock, last
+                    from .rundir import release
+
+                    self._run_dir_locked = False
+                    release(self.job_config.job.dump_folder)
 
         def _report_fixture(self) -> None:
             """End a completed launch with its recipe's fixture comparison, when the fixture has an
@@ -139,6 +164,9 @@ def trainer_class():
                 if self._signal_name is None:
                     self._signal_name = signal.Signals(signum).name
 
+            from .data.common import set_preemption_signals
+
+            set_preemption_signals(launch.signals)  # reader workers ignore these too: this process decides
             for name in launch.signals:
                 signal.signal(getattr(signal, name), flag)
             logger.info(
@@ -195,12 +223,28 @@ def trainer_class():
             are switched off for this one save: a preemption checkpoint must hold the optimizer, LR
             scheduler, data loader and step, as torchtitan's own comment on _save_last_step intends."""
             ckpt = self.checkpointer
+            self._reshard_model()
             keep = ckpt.last_save_model_only, ckpt.last_save_in_hf
             ckpt.last_save_model_only = ckpt.last_save_in_hf = False
             try:
                 ckpt.save(step, last_step=True)
             finally:
                 ckpt.last_save_model_only, ckpt.last_save_in_hf = keep
+
+        def _reshard_model(self) -> None:
+            """Put every FSDP module back into its sharded state before saving off the training step.
+            A forward without backward (torchtitan's validation, e.g. at step 1) leaves the modules with
+            ``reshard_after_forward=False`` (the root: final norm and output) unsharded, so their
+            registered parameters are the unsharded tensors, not the sharded DTensors the optimizer holds;
+            get_optimizer_state_dict then finds no name for those optimizer parameters and fails with
+            ``KeyError: <param index>`` (55 for llama3 debugmodel). The loop's own saves come right after
+            a backward (everything resharded), so only this preemption save needs it. No-op otherwise."""
+            from torch.distributed.fsdp import FSDPModule
+
+            for part in self.model_parts:
+                for module in part.modules():
+                    if isinstance(module, FSDPModule):
+                        module.reshard()
 
     return RecipeTrainer
 
@@ -216,15 +260,148 @@ def _remove_marker(run_dir: str) -> None:
         pass
 
 
+def _lock_run_dir(job_config) -> bool:
+    """Global rank 0 takes the run directory's lock (titan_recipes.rundir); True when it did."""
+    if not _is_rank0():
+        return False
+    from . import rundir
+
+    rundir.acquire(job_config.job.dump_folder)
+    return True
+
+
 def main() -> None:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: die with the torchrun agent
+        from .rundir import die_with_parent
+
+        die_with_parent()
+    from .config import check_config_file
+
+    check_config_file(sys.argv[1:])  # a TOML syntax error names the file and line (torchtitan's does not)
+    sys.argv[1:] = with_config_module(sys.argv[1:])  # before torchtitan's import binds sys.argv[1:]
     cls = trainer_class()
     from torchtitan.train import main as torchtitan_main
 
+    register_toml_only_flags()
     torchtitan_main(cls)
     if _preempted:  # torchtitan's main has closed the trainer and destroyed the process group
         logger.info(_preempted["line"])
         sys.exit(_preempted["code"])
 
 
+# -- the command line: every key in --help, a configuration error as one message --------------------------
+
+CONFIG_ERROR_EXIT = 2
+"""Exit status of ``python -m titan_recipes.train`` stopped by a configuration error (a ConfigError, an
+unknown TOML key, an unknown flag or a value the parser rejects): the status of a command-line usage
+error, as argparse and tyro use it. The message is printed without a traceback, followed by
+:data:`CONFIG_ERROR_LINE`."""
+
+CONFIG_ERROR_LINE = (
+    f"titan_recipes.train: configuration error (exit status {CONFIG_ERROR_EXIT}); fix the setting named above."
+)
+"""Printed last by a process stopped by a configuration error. scripts/recipe_launch.sh looks for it to
+leave torchrun's own failure report (a traceback and the ChildFailedError summary) off the console."""
+
+CUSTOM_CONFIG_MODULE = "titan_recipes.config"
+_CUSTOM_CONFIG_FLAGS = ("--job.custom_config_module", "--job.custom-config-module")
+
+
+def with_config_module(args: list[str]) -> list[str]:
+    """``args`` plus ``--job.custom_config_module titan_recipes.config`` unless the command line or the
+    TOML file names a module. torchtitan merges our sections only when one of them does, so without it
+    ``--help`` with no config file would list none of ours, and RecipeTrainer would find no
+    ``[launch]``. (The same rule as :func:`titan_recipes.inject.load_job_config`.)"""
+    from .config import config_file_from_args, load_toml
+
+    if any(arg.split("=", 1)[0] in _CUSTOM_CONFIG_FLAGS for arg in args):
+        return args
+    path = config_file_from_args(args)
+    job = load_toml(path).get("job", {}) if path is not None else {}
+    if isinstance(job, dict) and job.get("custom_config_module"):
+        return args
+    return [*args, "--job.custom_config_module", CUSTOM_CONFIG_MODULE]
+
+
+_toml_only_registered = False
+
+
+def _mentions_any(annotation: Any) -> bool:
+    from typing import get_args
+
+    return annotation is Any or any(_mentions_any(a) for a in get_args(annotation))
+
+
+def _toml_only(args: list[str]) -> Any:
+    raise ValueError(
+        f"this key holds nested tables or lists, which the command line cannot express (got {args[0]!r}); "
+        f"set it in the TOML file, as its help text below shows."
+    )
+
+
+def register_toml_only_flags() -> None:
+    """Give each key whose type holds ``Any`` (``mixture.query``, ``mosaic_dataloader.dataset.streams``,
+    ``mosaic_tokenizer.kwargs`` ...) a ``--section.key {TOML only}`` flag, so that ``--help`` lists it
+    with its docstring. tyro, torchtitan's CLI parser, cannot build such a value from a string and
+    drops the field from the parser and the help without a word when it has a default; with this rule
+    the flag exists and using it is an error that says to set the key in the TOML file. Registered on
+    torchtitan's own tyro registry (``torchtitan.config.manager.custom_registry``, which its
+    ConfigManager passes to ``tyro.cli``); idempotent."""
+    global _toml_only_registered
+    if _toml_only_registered:
+        return
+    from torchtitan.config.manager import custom_registry
+    from tyro.constructors import PrimitiveConstructorSpec
+
+    @custom_registry.primitive_rule
+    def toml_only_rule(type_info):
+        if not _mentions_any(type_info.type):
+            return None
+        return PrimitiveConstructorSpec(
+            nargs=1, metavar="{TOML only}", instance_from_str=_toml_only,
+            is_instance=lambda value: True, str_from_instance=lambda value: [json.dumps(value)],
+        )
+
+    _toml_only_registered = True
+
+
+def _is_config_error(e: BaseException) -> bool:
+    from .config import ConfigError
+
+    # torchtitan's ConfigManager rejects an unknown TOML key with a plain ValueError (manager.py L168)
+    return isinstance(e, ConfigError) or (isinstance(e, ValueError) and str(e).startswith("Invalid field names"))
+
+
+def _exit_on_config_error(e: BaseException | None) -> None:
+    """Print ``e`` (None: tyro printed its message already) and CONFIG_ERROR_LINE to stderr, and exit
+    with CONFIG_ERROR_EXIT. Every rank prints (torchrun shows the ranks in LOG_RANK), so an error only
+    one rank meets is not lost. Under torchrun the message also goes to the worker's error file
+    (TORCHELASTIC_ERROR_FILE), so torchrun's failure summary, where it is shown (slurm/train.sbatch),
+    holds the message instead of "To enable traceback see ..."."""
+    if e is not None:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+            get_error_handler().record_exception(e)
+    print(CONFIG_ERROR_LINE, file=sys.stderr, flush=True)
+    sys.exit(CONFIG_ERROR_EXIT)
+
+
+def cli_main() -> None:
+    """``python -m titan_recipes.train``: :func:`main`, with a configuration error printed as its
+    message, without a traceback, and exit status CONFIG_ERROR_EXIT. ``main()`` itself raises."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == CONFIG_ERROR_EXIT and not _preempted:  # tyro printed the error: an unknown flag, a bad value
+            _exit_on_config_error(None)
+        raise
+    except Exception as e:
+        if _is_config_error(e):
+            _exit_on_config_error(e)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli_main()
