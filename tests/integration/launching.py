@@ -34,3 +34,41 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
     assert mismatch == [] and errors == [], f"checkpoint files differ: {mismatch} {errors}"
     meta_a, meta_b = (pickle.loads((d / ".metadata").read_bytes()) for d in (a, b))
     assert meta_a.state_dict_metadata == meta_b.state_dict_metadata
+
+
+# -- the process table, as a job scheduler sees it (Linux /proc) -----------------------------------------
+
+
+def process_parents() -> dict[int, int]:
+    """pid -> parent pid of every process, from one pass over /proc."""
+    table = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                table[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def process_children(pid: int, table: dict[int, int] | None = None) -> list[int]:
+    table = process_parents() if table is None else table
+    return [p for p, parent in table.items() if parent == pid]
+
+
+def process_descendants(pid: int, table: dict[int, int] | None = None) -> list[int]:
+    table = process_parents() if table is None else table
+    out, todo = [], [pid]
+    while todo:
+        kids = process_children(todo.pop(), table)
+        out += kids
+        todo += kids
+    return out
+
+
+def process_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+

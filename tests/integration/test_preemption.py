@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch
+from launching import (
+    DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch, process_children, process_cmdline,
+)
 from titan_recipes import fixtures as fx
 from titan_recipes.records import read_metrics
 from titan_recipes.train import PREEMPTED_FILE
@@ -46,32 +48,12 @@ def _start(run_dir: Path, nproc: int, *overrides: str, env: dict | None = None) 
     return proc, out
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(d.name))
-    return kids
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _torchrun_and_workers(shell_pid: int, nproc: int) -> tuple[int, list[int]]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        torchrun = [p for p in _children(shell_pid) if "torch.distributed.run" in _cmdline(p)]
+        torchrun = [p for p in process_children(shell_pid) if "torch.distributed.run" in process_cmdline(p)]
         if torchrun:
-            workers = sorted(p for p in _children(torchrun[0]) if "titan_recipes.train" in _cmdline(p))
+            workers = sorted(p for p in process_children(torchrun[0]) if "titan_recipes.train" in process_cmdline(p))
             if len(workers) == nproc:
                 return torchrun[0], workers
         time.sleep(0.2)

@@ -40,7 +40,9 @@ from pathlib import Path
 
 import pytest
 
-from launching import REPO, assert_ok, launch
+from launching import (
+    REPO, assert_ok, launch, process_children, process_cmdline, process_descendants, process_parents,
+)
 from titan_recipes import fixtures as fx
 from titan_recipes.records import read_metrics
 from titan_recipes.train import PREEMPTED_FILE
@@ -86,46 +88,14 @@ so the rest of the matrix is opt-in (``TITAN_FULL_MATRIX=1``, about 30 minutes: 
 
 
 # -- processes ----------------------------------------------------------------------------------------
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process, from one pass over /proc."""
-    table = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                table[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return table
-
-
-def _children(pid: int, table: dict[int, int]) -> list[int]:
-    return [p for p, parent in table.items() if parent == pid]
-
-
-def _descendants(pid: int, table: dict[int, int]) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop(), table)
-        out += kids
-        todo += kids
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _torchrun(proc: subprocess.Popen, nproc: int, out: Path) -> int:
     """The torchrun under the launch's shell, once it has started its ``nproc`` trainers."""
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
-        table = _parents()
-        for p in _descendants(proc.pid, table):
-            if "torch.distributed.run" in _cmdline(p):
-                if len([k for k in _children(p, table) if "titan_recipes.train" in _cmdline(k)]) == nproc:
+        table = process_parents()
+        for p in process_descendants(proc.pid, table):
+            if "torch.distributed.run" in process_cmdline(p):
+                if len([k for k in process_children(p, table) if "titan_recipes.train" in process_cmdline(k)]) == nproc:
                     return p
         if proc.poll() is not None:
             break
@@ -136,7 +106,7 @@ def _torchrun(proc: subprocess.Popen, nproc: int, out: Path) -> int:
 def _trainer_logs(torchrun: int) -> list[Path]:
     """The files torchrun redirects its trainers' stdout and stderr to (``--tee``): /proc/<pid>/fd/1, 2."""
     files = {}
-    for pid in _children(torchrun, _parents()):
+    for pid in process_children(torchrun, process_parents()):
         for fd in (1, 2):
             try:
                 target = Path(os.readlink(f"/proc/{pid}/fd/{fd}"))
@@ -239,10 +209,10 @@ def preempt_and_resume(tmp_path: Path, reference, data_env, recipe: str, workers
         _wait(proc, out, lambda: all(FIRST_BATCH in _read(f) for f in logs), "every rank's first batch")
     else:
         _wait(proc, out, lambda: _logged(run_dir, MID_STEP), f"step {MID_STEP}")
-    table = _parents()
-    trainers = _children(torchrun, table)
-    targets = [torchrun] if delivery == "torchrun" else [torchrun, *_descendants(torchrun, table)]
-    readers = [p for p in _descendants(torchrun, table) if p not in trainers]  # DataLoader workers
+    table = process_parents()
+    trainers = process_children(torchrun, table)
+    targets = [torchrun] if delivery == "torchrun" else [torchrun, *process_descendants(torchrun, table)]
+    readers = [p for p in process_descendants(torchrun, table) if p not in trainers]  # DataLoader workers
     for pid in targets:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -323,7 +293,7 @@ def test_preempted_with_two_processes_resumes_with_one(recipe, tmp_path, data_en
     proc, out = _start(recipe, 2, run_dir, args, env)
     torchrun = _torchrun(proc, 2, out)
     _wait(proc, out, lambda: _logged(run_dir, MID_STEP), f"step {MID_STEP}")
-    for pid in [torchrun, *_descendants(torchrun, _parents())]:
+    for pid in [torchrun, *process_descendants(torchrun, process_parents())]:
         os.kill(pid, signal.SIGTERM)
     proc.wait(timeout=TIMEOUT_S)
     text = out.read_text()

@@ -30,6 +30,7 @@ import torch
 
 from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch
 from titan_recipes import fixtures as fx
+from titan_recipes import rundir
 from titan_recipes.records import read_metrics
 
 SMALL = ("--training.local_batch_size", "2", "--training.seq_len", "128", "--checkpoint.interval", "2")
@@ -156,6 +157,12 @@ def test_one_writer_no_orphan_and_stale_lock_takeover(tmp_path):
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+    # The kernel drops the flock when the last descriptor closes: processes forked by the trainer
+    # (e.g. a subprocess between fork and exec) may hold it a moment longer than the trainer lives.
+    deadline = time.monotonic() + 30
+    while rundir.check(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rundir.check(run_dir) is None, "the killed launch's lock was not released"
     killed_at = max(fx.run_losses(run_dir))
     before = fx.run_losses(run_dir)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from titan_recipes import inject  # first: builds RecipeTrainer (CPU fixes) before torchtitan.train is imported
+from titan_recipes import inject
 from torchtitan.config import ConfigManager
 
 from titan_recipes.config import ConfigError, check_config_file, load_toml, validate_values
@@ -100,25 +100,48 @@ def test_parallel_degrees_must_multiply_to_the_world_size(monkeypatch):
         validate_values(config)
 
 
-@pytest.fixture(scope="module")
-def recipe_trainer():
-    # trainer_class() applies the CPU fixes and may run once per process: inject holds its result.
-    assert inject.RecipeTrainer is not None, inject._NOT_READY
-    return inject.RecipeTrainer
+_TRAINER_SCRIPT = """
+import json, sys
+from titan_recipes import inject  # first: RecipeTrainer needs the CPU fixes before torchtitan is imported
+from torchtitan.config import ConfigManager
+from titan_recipes.config import ConfigError
+
+out = {}
+for name, args in json.loads(sys.argv[1]).items():
+    config = ConfigManager().parse_args(args)
+    try:
+        inject.RecipeTrainer(config)
+        out[name] = "no error"
+    except ConfigError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
 
 
-@pytest.mark.parametrize("args, key", [
-    (["--training.steps", "0"], "training.steps"),
-    (["--training.seq_len", "0"], "training.seq_len"),
-    # launch.stop_at_step is checked against the interval: the range check must come first.
-    (["--checkpoint.enable", "--checkpoint.interval", "0", "--launch.stop_at_step", "4"], "checkpoint.interval"),
-])
-def test_the_trainer_refuses_before_building_anything(recipe_trainer, tmp_path, args, key):
-    config = parse("--job.config_file", str(REPO_ROOT / "recipes/debug/train.toml"),
-                   "--job.dump_folder", str(tmp_path / "run"), *args)
-    with pytest.raises(ConfigError, match=rf"^{key} must be >= 1"):
-        recipe_trainer(config)
-    assert not (tmp_path / "run").exists()  # refused before the run record is written
+def test_the_trainer_refuses_before_building_anything(tmp_path):
+    """The real RecipeTrainer raises the range errors before it writes anything (the run record, the
+    lock) and before checkpoint.interval divides anything. In a fresh interpreter: RecipeTrainer must be
+    built before any torchtitan module copies the device type, which the rest of a test session has
+    long done."""
+    import json
+    import subprocess
+
+    cases = {
+        "training.steps": ["--training.steps", "0"],
+        "training.seq_len": ["--training.seq_len", "0"],
+        # launch.stop_at_step is checked against the interval: the range check must come first.
+        "checkpoint.interval": ["--checkpoint.enable", "--checkpoint.interval", "0", "--launch.stop_at_step", "4"],
+    }
+    runs = {key: tmp_path / key.replace(".", "_") for key in cases}
+    argv = {key: [*CUSTOM, "--job.config_file", str(REPO_ROOT / "recipes/debug/train.toml"),
+                  "--job.dump_folder", str(runs[key]), *args] for key, args in cases.items()}
+    proc = subprocess.run([sys.executable, "-c", _TRAINER_SCRIPT, json.dumps(argv)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    messages = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in cases:
+        assert messages[key].startswith(f"{key} must be >= 1"), (key, messages[key])
+        assert not runs[key].exists()  # refused before the run record is written
 
 
 # -- TOML files ----------------------------------------------------------------------------------------
