@@ -1,7 +1,7 @@
 """``titan-recipes`` command line.
 
     titan-recipes fixtures show   RECIPE_DIR
-    titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY] [--if-recorded]
+    titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY]
     titan-recipes fixtures verify RECIPE_DIR [--nproc N]        # run the recipe, then check it
     titan-recipes fixtures regen  RECIPE_DIR [--nproc N] [--repeats R] [-- --section.key value ...]
                                   # native repeats (bitwise equal) + one run per CPU kernel variant
@@ -64,12 +64,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_check(args) -> int:
-    if args.if_recorded:  # the end of every run_train.sh: compare only what the fixture can judge
-        key, why = fx.applicable_entry(args.recipe, args.run)
-        if key is None:
-            print(f"titan-recipes: loss curve not compared with {args.recipe}/{fx.FIXTURE_FILE}: {why}")
-            return 0
-        args.key = key
     result = fx.check_run(args.recipe, args.run, key=args.key)
     print(result.table())
     return 0 if result.ok else 1
@@ -103,18 +97,17 @@ def cmd_regen(args) -> int:
         runs.append(run_dir)
     base = fx.run_losses(runs[0])
     machine = fx.native_machine() if cpu else None
-    spreads: dict[str, dict] = {}
-    for i, r in enumerate(runs[1:], start=1):
-        s = fx.spread(base, fx.run_losses(r))
-        if cpu and s["max_abs_diff"] != 0.0:
-            raise SystemExit(
-                f"CPU runs {runs[0]} and {r} differ (largest |diff| {s['max_abs_diff']:.3g}): the recipe is not "
-                "deterministic on this machine, so no tolerance can be measured. Find the nondeterminism first."
-            )
-        spreads[f"repeat-{i}"] = {"env": {}, **s}
+    repeats = {f"repeat-{i}": {"env": {}, **fx.spread(base, fx.run_losses(r))} for i, r in enumerate(runs[1:], start=1)}
     if cpu:
+        for name, s in repeats.items():
+            if s["max_abs_diff"] != 0.0:
+                raise SystemExit(
+                    f"CPU runs {runs[0]} and the {name} differ (largest |diff| {s['max_abs_diff']:.3g}): the recipe "
+                    "is not deterministic on this machine, so no tolerance can be measured. Find the nondeterminism first."
+                )
+        # bitwise-equal repeats add nothing to the spread: the kernel variants measure it
         threads = (fx.run_info(runs[0]).get("hardware") or {}).get("torch_threads") or 1
-        spreads = {}  # bitwise-equal repeats add nothing to the spread; the variants measure it
+        spreads: dict[str, dict] = {}
         for v in fx.cpu_variants(machine["cpu_capability"], machine["avx512"], int(threads)):
             run_dir = _new_run_dir(args.recipe, f"regen{args.nproc}-{v.name}")
             _launch_or_fail(args.recipe, args.nproc, overrides, run_dir, env=v.env)
@@ -124,6 +117,7 @@ def cmd_regen(args) -> int:
         tol = fx.tolerance_from_spread(spreads, "cpu-kernel-variants", native_repeats_identical=args.repeats,
                                        recorded_by=recorded_by)
     else:
+        spreads = repeats
         tol = fx.tolerance_from_spread(spreads, "repeats", repeats=args.repeats, recorded_by=recorded_by)
     print(fx.spread_table(spreads))
     print(f"largest relative spread {tol['tolerance']['max_rel_spread']:.3g} -> rtol {tol['rtol']:.3g} "
@@ -146,8 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("run", type=Path)
     p.add_argument("--key", help="fixture key (default: derived from the run's device, torch and world size)")
-    p.add_argument("--if-recorded", action="store_true",
-                   help="compare only a completed run whose key, overrides and config file match an entry (run_train.sh)")
     p.set_defaults(func=cmd_check)
 
     p = fix.add_parser("verify", help="train the recipe with the fixture's overrides and compare")

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run_files import LOSS_KEY, METRICS_FILE, RUN_FILE, SUMMARY_FILE, parse_overrides, read_metrics
+from .run_files import LOSS_KEY, METRICS_FILE, RUN_FILE, parse_overrides, read_metrics
 
 FIXTURE_FILE = "expected_loss.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -271,11 +271,10 @@ def _launch_overrides(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (info.get("overrides") or {}).items() if k != "job.dump_folder"}
 
 
-def applicable_entry(recipe_dir: Path, run_dir: Path, require_completed: bool = True) -> tuple[str | None, str]:
-    """(key, "") when ``run_dir`` is a finished run of the recipe that its fixture can judge: an entry
-    for this device, torch and process count, recorded with the same overrides and config file name;
-    (None, reason) otherwise. ``require_completed``: the run's ``summary.json`` must say it completed
-    (the trainer itself, which knows, passes False)."""
+def applicable_entry(recipe_dir: Path, run_dir: Path) -> tuple[str | None, str]:
+    """(key, "") when the recipe's fixture can judge ``run_dir``: an entry for this device, torch and
+    process count, recorded with the same overrides and config file name; (None, reason) otherwise.
+    Whether the run completed is the caller's to know (the trainer asks at the end of training)."""
     path = Path(recipe_dir) / FIXTURE_FILE
     if not path.is_file():
         return None, f"{path} does not exist"
@@ -284,11 +283,6 @@ def applicable_entry(recipe_dir: Path, run_dir: Path, require_completed: bool = 
     entry = load_fixture(recipe_dir)["entries"].get(key)
     if entry is None:
         return None, f"{path} has no entry for this machine's key {key}"
-    if require_completed:
-        summary = Path(run_dir) / SUMMARY_FILE
-        reason = json.loads(summary.read_text()).get("exit_reason") if summary.is_file() else None
-        if reason != "completed":
-            return None, f"the launch ended with exit reason {reason!r}, not 'completed'"
     wanted = parse_overrides(list(entry.get("overrides") or []))
     if _launch_overrides(info) != wanted:
         return None, f"the run's overrides {_launch_overrides(info)} are not the entry's {wanted}"
@@ -308,7 +302,7 @@ def report_launch(config_file: str | None, run_dir: Path) -> tuple[bool | None, 
         return None, "no config file"
     recipe_dir = Path(config_file).resolve().parent
     try:
-        key, why = applicable_entry(recipe_dir, run_dir, require_completed=False)
+        key, why = applicable_entry(recipe_dir, run_dir)
         if key is None:
             return None, why
         result = check_run(recipe_dir, run_dir, key=key)
