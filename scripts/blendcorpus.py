@@ -27,8 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from titan_recipes.data.common import DataError, iter_jsonl_texts
-from titan_recipes.data.megatron_format import MegatronShard, MegatronWriter, idx_path, token_dtype
+from titan_recipes.errors import DataError
+from titan_recipes.data.documents import iter_jsonl_texts
+from titan_recipes.data.blendcorpus.megatron_format import MegatronShard, MegatronWriter, idx_path, token_dtype
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
@@ -48,7 +49,7 @@ _TOKENIZER = None
 def _init_worker(backend: str, tokenizer_path: str) -> None:
     global _TOKENIZER
     import titan_recipes  # noqa: F401  (triton stand-in before torchtitan)
-    from titan_recipes.tokenizers_sp import build_tokenizer_for_backend
+    from titan_recipes.tokenizer.sentencepiece import build_tokenizer_for_backend
 
     _TOKENIZER = build_tokenizer_for_backend(backend, tokenizer_path)
 

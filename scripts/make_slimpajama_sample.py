@@ -27,7 +27,7 @@ from pathlib import Path
 
 import zstd
 
-from titan_recipes.data.text import read_documents, resolve_text_path
+from titan_recipes.data.text.loader import read_documents, resolve_text_path
 
 DOMAINS = ("RedPajamaC4", "RedPajamaBook", "RedPajamaGithub")
 SPEECHES_PER_DOC = 8

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from titan_recipes.data.text import read_documents
+from titan_recipes.data.text.loader import read_documents
 
 CORPUS = Path(__file__).resolve().parents[2] / "assets" / "data" / "tinyshakespeare.txt"
 

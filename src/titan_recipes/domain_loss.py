@@ -2,7 +2,7 @@
 
 With ``training.dataset = "mixture"`` and ``mixture.per_domain_loss = true`` (the default) the mixture
 loader puts each label token's domain id into the batch (``input_dict["domain_ids"]``, LongTensor[B, L],
-ids index ``loader.domains``). The trainer (:mod:`titan_recipes.train`) pops it before the forward
+ids index ``loader.domains``). The trainer (:mod:`titan_recipes.trainer`, through :meth:`DomainLoss.on_batch`) pops it before the forward
 pass (:meth:`DomainLoss.take`) and uses :meth:`DomainLoss.loss` as its loss function: one cross-entropy
 with ``reduction="none"`` whose sum is the training loss (what torchtitan's summed loss is, up to the
 order of the float additions) and whose per-token values are added up per domain. The ids travel
@@ -37,7 +37,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .config import ConfigError
+from .errors import ConfigError
+from .extensions import TrainerExtension
+from .run_files import LOSS_DOMAIN_PREFIX, MIXTURE_WEIGHT_PREFIX, TOKENS_DOMAIN_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ DOMAIN_IDS_KEY = "domain_ids"
 IGNORE_INDEX = -100  # torchtitan.components.loss.IGNORE_INDEX
 
 
-class DomainLoss:
+class DomainLoss(TrainerExtension):
     """Per-domain loss sums and token counts of the current step (see the module docstring).
 
     Args:
@@ -99,6 +101,12 @@ class DomainLoss:
             self.counts += torch.bincount(flat_ids[valid], minlength=len(self.domains)).to(torch.float64)
         return per_token.sum()
 
+    def on_batch(self, input_dict: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.take(input_dict)
+
+    def on_step_end(self, step: int) -> None:
+        self.end_step(step)
+
     # -- per step ----------------------------------------------------------------------------------
     def end_step(self, step: int) -> None:
         """Reduce over DP, feed a dynamic mixture, log on logged steps (every rank calls it)."""
@@ -144,21 +152,27 @@ class DomainLoss:
         for d, s, c in zip(self.domains, sums, counts):
             name = str(d)
             w = float(weights.get(d, 0.0))
-            metrics[f"mixture_weight/{name}"] = w
-            metrics[f"tokens_domain/{name}"] = float(c)
+            metrics[f"{MIXTURE_WEIGHT_PREFIX}{name}"] = w
+            metrics[f"{TOKENS_DOMAIN_PREFIX}{name}"] = float(c)
             if c > 0:
-                metrics[f"loss_domain/{name}"] = float(s / c)
+                metrics[f"{LOSS_DOMAIN_PREFIX}{name}"] = float(s / c)
             parts.append(f"{name} {s / c:.4f} ({int(c):,} tok, w {w:.3f})" if c > 0 else f"{name} - (0 tok, w {w:.3f})")
         self.metrics_processor.logger.log(metrics, step)
         logger.info("step %d per-domain loss: %s", step, " | ".join(parts))
 
 
 def build_domain_loss(trainer: Any) -> DomainLoss | None:
-    """The trainer's DomainLoss when it reads a mixture with ``mixture.per_domain_loss``; else None."""
-    from .data.mixture.loader import MixtureLoader
+    """The trainer's DomainLoss when its data source has domains (descriptor ``has_domains``) and the
+    loader emits them (``mixture.per_domain_loss`` for the mixture source); else None."""
+    from .data.registry import find_source
+    from .data.source import DomainLoader
 
+    dataset = getattr(getattr(trainer.job_config, "training", None), "dataset", None)
+    source = find_source(dataset) if dataset else None
+    if source is not None and not source.has_domains:
+        return None
     loader = trainer.dataloader
-    if not isinstance(loader, MixtureLoader) or not loader.emit_domain_ids:
+    if not isinstance(loader, DomainLoader) or not loader.emit_domain_ids:
         return None
     dims, cfg = trainer.parallel_dims, trainer.job_config
     if dims.pp_enabled or dims.cp_enabled:

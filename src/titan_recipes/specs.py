@@ -26,9 +26,8 @@ from torchtitan.protocols.model import BaseModelArgs
 from torchtitan.protocols.train_spec import TrainSpec, get_train_spec, register_train_spec
 
 from .cpu import force_sum_reduction_for_gloo
-from .data import build_dataloader
-from .data.blend import build_blendcorpus_validation_loader
-from .data.mds import build_mds_validation_loader
+from .data.registry import build_dataloader, validation_builder
+from .errors import ConfigError
 from .records import build_metrics_processor
 from .tokenizer import build_tokenizer
 
@@ -71,8 +70,6 @@ class FlavorTable(dict):
         self.spec_name = spec_name
 
     def __missing__(self, flavor):
-        from .config import ConfigError
-
         raise ConfigError(
             f"model.flavor = '{flavor}' is not a flavor of model.name = '{self.spec_name}'. "
             f"Available flavors: {sorted(self)}."
@@ -92,12 +89,9 @@ def _gloo_safe(parallelize_fn):
     return parallelize
 
 
-VALIDATION_LOADERS = {"mds": build_mds_validation_loader, "blendcorpus": build_blendcorpus_validation_loader}
-"""``validation.dataset`` names served by our loaders; any other name goes to torchtitan's HF path."""
-
-
 class RecipeValidator(Validator):
-    """torchtitan's Validator, with the validation loader taken from :data:`VALIDATION_LOADERS`.
+    """torchtitan's Validator, with the validation loader of the data source ``validation.dataset`` names
+    (its descriptor's ``build_validation_loader``); other names go to torchtitan's HF path.
 
     ``Validator.__init__`` always builds torchtitan's HF validation loader, so for our datasets the
     attributes it sets are set here instead (the validate() loop itself is torchtitan's). The loaders
@@ -110,7 +104,7 @@ class RecipeValidator(Validator):
     )
 
     def __init__(self, job_config, dp_world_size: int, dp_rank: int, tokenizer, **kwargs):
-        builder = VALIDATION_LOADERS.get(job_config.validation.dataset)
+        builder = validation_builder(job_config.validation.dataset)
         if builder is None:
             super().__init__(job_config=job_config, dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=tokenizer, **kwargs)
             return
@@ -146,8 +140,6 @@ def register_recipe_spec(name: str) -> str:
     """Register ``recipes.<base>`` = :func:`with_recipe_components` of TrainSpec ``<base>``; idempotent.
     Names without the ``recipes.`` prefix are left alone (torchtitan's own specs). Returns ``name``."""
     from torchtitan.protocols import train_spec as registry
-
-    from .config import ConfigError
 
     if not name.startswith(PREFIX) or name in registry._extra_train_specs:  # duplicates are rejected
         return name

@@ -11,7 +11,7 @@ What each format can detect (issue 14):
   makes a token id negative or >= the tokenizer's vocabulary (:func:`check_token_ids`); a change
   that leaves the id in range is undetectable, so set ``validate_hash = "xxh64"`` on streams whose
   storage you do not trust.
-* **Megatron .bin/.idx** (:class:`titan_recipes.data.megatron_format.MegatronShard`): the ``.bin``
+* **Megatron .bin/.idx** (:class:`titan_recipes.data.blendcorpus.megatron_format.MegatronShard`): the ``.bin``
   size against the ``.idx`` (truncated or extended), the pointer table against the lengths, and token
   ids against the vocabulary. The format has no checksum; an in-range changed id is undetectable.
 * **Mixture** (:mod:`titan_recipes.data.mixture.index`): each registered file's size and mtime are
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import DataError
+from ..errors import DataError
 
 VALIDATE_HASH_HINT = (
     "A changed byte that keeps a token id in range cannot be detected without a hash: set "

@@ -1,6 +1,6 @@
 """``training.dataset = "random"``: uniform random token ids, the loader-costs-nothing baseline.
 
-torchtitan 0.2.2 has no random-token dataset; its throughput anchors (FACTS.md: 57.8k tok/s for the 1B
+torchtitan 0.2.2 has no random-token dataset; its throughput anchors (57.8k tok/s for the 1B
 model on one H100) were measured with one. ``scripts/bench_recipe_throughput.py`` trains a recipe once
 as configured and once with this loader, so the ratio of the two is what the real loader costs.
 
@@ -18,8 +18,11 @@ import sys
 import numpy as np
 from torchtitan.components.tokenizer import BaseTokenizer
 
-from ..config import ConfigError
-from .common import GlobalOrderLoader, fingerprint, training_workers
+from ...errors import ConfigError
+from .. import state as codec
+from ..global_order import GlobalOrderLoader
+from ..state import fingerprint
+from ..workers import training_workers
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ logger = logging.getLogger(__name__)
 class RandomTokenLoader(GlobalOrderLoader):
     """An endless global order of random samples (no epochs: sample id = global index)."""
 
-    state_key = "random_tokens"
+    state_key = codec.RANDOM_TOKENS
 
     def __init__(self, *, vocab_size: int, seq_len: int, seed: int, **kwargs):
         super().__init__(name="random", **kwargs)

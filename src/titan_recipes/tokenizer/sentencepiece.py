@@ -23,7 +23,7 @@ from typing import Any
 
 from torchtitan.components.tokenizer import BaseTokenizer
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 SP_BACKENDS = ("sptoken", "sentencepiece", "sp", "spm")
 HF_BACKENDS = ("hf", "huggingface")
@@ -160,6 +160,6 @@ def build_tokenizer_for_backend(
         return SentencePieceTokenizer(resolve_sp_model(path, setting))
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
-    from .tokenizer import check_hf_assets_path
+    from .assets import check_hf_assets_path
 
     return HuggingFaceTokenizer(str(check_hf_assets_path(str(path), setting)))

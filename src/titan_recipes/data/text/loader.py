@@ -3,7 +3,7 @@
 The file is split into documents, each tokenized with BOS and EOS and concatenated into one token
 stream; sample ``k`` is the window ``tokens[k*L : k*L + L + 1]`` (``L = training.seq_len``; inputs are
 the first ``L`` tokens, labels the last ``L``). Windows follow a seeded per-epoch order
-(``[text_data] shuffle/seed``) through :class:`~titan_recipes.data.common.GlobalOrderLoader`, so the
+(``[text_data] shuffle/seed``) through :class:`~titan_recipes.data.global_order.GlobalOrderLoader`, so the
 state is global and exact. The tail shorter than one window is not used; its size is logged.
 
 Select it with ``training.dataset = "<name>"`` for an embedded dataset (see :data:`EMBEDDED_DATASETS`),
@@ -15,35 +15,21 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torchtitan.components.tokenizer import BaseTokenizer
 
-from .common import DataError, GlobalOrderLoader, Workers, fingerprint, iter_jsonl_texts
+from ...errors import ConfigError, DataError
+from .. import state as codec
+from ..global_order import GlobalOrderLoader
+from ..workers import Workers, training_workers
+from ..state import fingerprint
+from ..documents import iter_jsonl_texts
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@dataclass(frozen=True)
-class EmbeddedDataset:
-    path: str
-    """Path relative to the repository root."""
-    source: str
-    license: str
-
-
-EMBEDDED_DATASETS: dict[str, EmbeddedDataset] = {
-    "tinyshakespeare": EmbeddedDataset(
-        path="assets/data/tinyshakespeare.txt",
-        source="Tiny Shakespeare (1.1 MB of Shakespeare's plays), data/tinyshakespeare/input.txt of "
-        "karpathy/char-rnn",
-        license="public domain (Shakespeare's works); the compilation ships in an MIT-licensed repo",
-    ),
-}
+from .config import EMBEDDED_DATASETS, REPO_ROOT
 
 
 def resolve_text_path(dataset: str, dataset_path: str | None) -> Path:
@@ -86,7 +72,7 @@ def read_documents(path: Path, separator: str) -> list[str]:
 class PackedTextLoader(GlobalOrderLoader):
     """Fixed-length windows over the tokenized documents of one text file."""
 
-    state_key = "packed_text"
+    state_key = codec.PACKED_TEXT
 
     def __init__(
         self,
@@ -154,3 +140,23 @@ class PackedTextLoader(GlobalOrderLoader):
     def sample(self, index: int) -> np.ndarray:
         start = index * self.seq_len
         return self.tokens[start : start + self.seq_len + 1]
+
+
+def build_text_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> PackedTextLoader:
+    """The text source's builder (torchtitan's ``build_dataloader_fn`` signature)."""
+    training = job_config.training
+    if tokenizer is None:
+        raise ConfigError("The text loader needs a tokenizer; set model.hf_assets_path.")
+    return PackedTextLoader(
+        path=resolve_text_path(training.dataset, training.dataset_path),
+        tokenizer=tokenizer,
+        seq_len=training.seq_len,
+        local_batch_size=training.local_batch_size,
+        dp_rank=dp_rank,
+        dp_world_size=dp_world_size,
+        shuffle=job_config.text_data.shuffle,
+        seed=job_config.text_data.seed,
+        separator=job_config.text_data.document_separator,
+        name=training.dataset,
+        workers=training_workers(job_config),
+    )

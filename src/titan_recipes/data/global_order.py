@@ -1,205 +1,28 @@
-"""Pieces shared by the loaders: the global sample order, its checkpoint state, fingerprints.
+"""Micro-batches cut from one global sample order shared by every DP rank (:class:`GlobalOrderLoader`),
+and the one-pass validation variant (:class:`FinitePass`).
 
 The data-loader contract (DESIGN.md): batches are ``({"input": LongTensor[B, L]}, labels)``; the state
-is GLOBAL (consumed samples + fingerprint), so a resume with any data-parallel degree continues the
-same global sample order with nothing lost or repeated; a fingerprint mismatch refuses to resume.
+is GLOBAL (consumed samples + fingerprint, encoded by :mod:`titan_recipes.data.state`), so a resume with
+any data-parallel degree continues the same global sample order with nothing lost or repeated; a
+fingerprint mismatch refuses to resume.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import itertools
-import json
 import logging
 from abc import abstractmethod
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
+from ..errors import DataError
+from . import state as codec
+from .workers import Workers, reader_worker_init_fn, signals_blocked
+
 logger = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """Input data is missing, corrupt or inconsistent with the configuration."""
-
-
-class FingerprintMismatchError(DataError):
-    """A checkpoint was written for other data (or another data order) than the configured one."""
-
-
-def open_text(path: Path):
-    """A UTF-8 text file for reading; ``.gz`` is decompressed as it is read, ``.zst`` in memory at once
-    (the pinned ``zstd`` module has no streaming reader)."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.name.endswith(".zst"):
-        import io
-
-        import zstd
-
-        return io.StringIO(zstd.decompress(path.read_bytes()).decode("utf-8"))
-    return open(path, encoding="utf-8")
-
-
-def iter_jsonl_texts(path: Path, field: str = "text") -> Iterator[str]:
-    """The ``field`` (default ``text``) of each non-blank line of a JSONL (.jsonl, .jsonl.gz or
-    .jsonl.zst) file, streamed. A line that is not a JSON object with a string ``field`` is a DataError
-    naming ``file:line``."""
-    if not path.is_file():
-        raise DataError(f"Input file not found: {path}")
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[field]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(
-                    f"{path}:{lineno}: not a JSON object with a '{field}' field ({type(e).__name__}: {e})"
-                ) from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: '{field}' must be a string, got {type(text).__name__}")
-            yield text
-
-
-def fingerprint(**parts: Any) -> str:
-    """A short stable hash of everything that determines a sample order (JSON-serialisable parts)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Workers:
-    """How a loader reads its micro-batches: in the training process (``num_workers = 0``) or in
-    ``num_workers`` worker processes of a ``torch.utils.data.DataLoader``. torchtitan's
-    ``[training.dataloader]`` names and meanings."""
-
-    num_workers: int = 0
-    prefetch_factor: int | None = None
-    """Micro-batches each worker reads ahead (torch's default 2 when None). Needs num_workers > 0."""
-    pin_memory: bool = False
-    """Pin batches in page-locked memory for faster host-to-GPU copies; has no effect without CUDA."""
-    persistent_workers: bool = False
-    """Accepted for torchtitan compatibility. The training loader is iterated once per launch, so its
-    workers live for the whole launch either way."""
-    setting: str = field(default="training.dataloader", compare=False)
-    """The config table these came from, for error messages."""
-
-    def __post_init__(self) -> None:
-        from ..config import ConfigError
-
-        if self.num_workers < 0:
-            raise ConfigError(f"{self.setting}.num_workers must be >= 0, got {self.num_workers}.")
-        if self.num_workers == 0 and (self.prefetch_factor is not None or self.persistent_workers):
-            raise ConfigError(
-                f"{self.setting}.prefetch_factor / persistent_workers need num_workers > 0 (got "
-                f"prefetch_factor = {self.prefetch_factor}, persistent_workers = {self.persistent_workers} "
-                f"with num_workers = 0), as in torch's DataLoader."
-            )
-        if self.prefetch_factor is not None and self.prefetch_factor < 1:
-            raise ConfigError(f"{self.setting}.prefetch_factor must be >= 1, got {self.prefetch_factor}.")
-
-    @classmethod
-    def from_config(cls, section: Any, setting: str) -> "Workers":
-        return cls(
-            num_workers=section.num_workers,
-            prefetch_factor=section.prefetch_factor,
-            pin_memory=section.pin_memory,
-            persistent_workers=section.persistent_workers,
-            setting=setting,
-        )
-
-
-# -- reader processes and preemption signals -----------------------------------------------------------
-# Slurm signals every process of a job step (and torchrun forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT, and
-# SIGUSR1 with --signals-to-handle, to its workers' process group). A torch DataLoader worker dies of
-# them (torch's worker SIGTERM handler re-raises unless the signal came from its parent), and the trainer
-# then raises "DataLoader worker (pid N) is killed by signal" before it can save. Reader processes
-# therefore ignore these signals: the trainer alone decides (at a step boundary), and its workers end
-# when it shuts their iterator down or exits (torch's workers watch their parent).
-READER_IGNORED_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
-"""Signals reader worker processes ignore, plus the trainer's ``launch.signals`` (see
-:func:`set_preemption_signals`)."""
-
-_preemption_signals: tuple[str, ...] = ()
-
-
-def set_preemption_signals(names: Any) -> None:
-    """Called by the trainer with ``launch.signals``: reader workers ignore these too."""
-    global _preemption_signals
-    _preemption_signals = tuple(str(n) for n in names)
-
-
-def reader_signals() -> list[Any]:
-    """The ``signal.Signals`` reader workers ignore (those of this platform)."""
-    import signal
-
-    names = dict.fromkeys((*READER_IGNORED_SIGNALS, *_preemption_signals))
-    return [getattr(signal, n) for n in names if hasattr(signal, n) and n not in ("SIGKILL", "SIGSTOP")]
-
-
-def ignore_reader_signals(*_: Any) -> None:
-    """In a reader worker process: ignore the preemption signals, then unblock them (they were blocked
-    across the fork by :func:`signals_blocked`, so one sent while the worker started is dropped)."""
-    import signal
-
-    sigs = reader_signals()
-    for s in sigs:
-        signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
-
-
-class _IgnoreSignalsThen:
-    """``worker_init_fn`` that ignores the reader signals, then calls the loader's own (picklable)."""
-
-    def __init__(self, then: Any = None):
-        self.then = then
-
-    def __call__(self, worker_id: int) -> None:
-        ignore_reader_signals()
-        if self.then is not None:
-            self.then(worker_id)
-
-
-def reader_worker_init_fn(then: Any = None) -> Any:
-    """A ``worker_init_fn`` for a torch DataLoader: ignore the preemption signals, then run ``then``."""
-    return then if isinstance(then, _IgnoreSignalsThen) else _IgnoreSignalsThen(then)
-
-
-def protect_workers(loader: Any) -> Any:
-    """Make the worker processes of a ``torch.utils.data.DataLoader`` (or a subclass, such as torchdata's
-    StatefulDataLoader) ignore the preemption signals, keeping its own ``worker_init_fn``. Other
-    objects are returned unchanged."""
-    if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0:
-        loader.worker_init_fn = reader_worker_init_fn(loader.worker_init_fn)
-    return loader
-
-
-class signals_blocked:
-    """Block the reader signals in this thread while reader processes are forked (``iter(loader)``): a
-    child inherits the mask, so a signal that arrives before its ``worker_init_fn`` ignores it stays
-    pending and is then dropped; in the trainer it is delivered when the block ends."""
-
-    def __enter__(self) -> None:
-        import signal
-
-        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, reader_signals())
-
-    def __exit__(self, *exc: Any) -> None:
-        import signal
-
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
-
-
-def training_workers(job_config: Any) -> Workers:
-    """torchtitan's ``[training.dataloader]`` worker settings (defaults if the config has none)."""
-    section = getattr(job_config.training, "dataloader", None)
-    return Workers() if section is None else Workers.from_config(section, "training.dataloader")
 
 
 class _MicroBatches(torch.utils.data.Dataset):
@@ -246,8 +69,9 @@ class GlobalOrderLoader(BaseDataLoader):
     """
 
     state_key = "global_order"
+    """The checkpoint key (:mod:`titan_recipes.data.state` holds each loader's)."""
     vocab_size: int | None = None
-    """The tokenizer's size, set by ``data.build_dataloader``: loaders that read token ids from disk (MDS,
+    """The tokenizer's size, set by ``data.registry.build_dataloader``: loaders that read token ids from disk (MDS,
     BlendCorpus) raise DataError for an id outside it (``integrity.check_token_ids``). None: unchecked."""
 
     def __init__(
@@ -377,33 +201,13 @@ class GlobalOrderLoader(BaseDataLoader):
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            self.state_key: {
-                "consumed_samples": self.consumed_samples,
-                "fingerprint": self.data_fingerprint,
-                "num_samples": self.num_samples,
-            }
-        }
+        position = {"consumed_samples": self.consumed_samples, "num_samples": self.num_samples}
+        return codec.encode(self.state_key, position, fingerprint=self.data_fingerprint)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if self.state_key not in state_dict:
-            raise DataError(
-                f"Checkpoint has no '{self.state_key}' data-loader state (keys: {sorted(state_dict)}): it "
-                f"was written by another loader. Start a fresh run directory, or set "
-                f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data from the beginning."
-            )
-        state = state_dict[self.state_key]
-        if state["fingerprint"] != self.data_fingerprint:
-            raise FingerprintMismatchError(
-                f"Dataset {self.name}: the checkpoint's data fingerprint {state['fingerprint']} does not "
-                f"match the configured data ({self.data_fingerprint}): the data, tokenizer, seq_len or "
-                f"order settings changed since it was written. Resuming would train on a different "
-                f"sample order. Restore the original settings, or set "
-                f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data deliberately."
-            )
-        self.consumed_samples = int(state["consumed_samples"])
+        state = codec.decode(state_dict, self.state_key, fingerprint=self.data_fingerprint, what=f"Dataset {self.name}")
+        if state is not None:
+            self.consumed_samples = int(state["consumed_samples"])
 
 
 class FinitePass:
