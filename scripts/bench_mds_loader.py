@@ -6,7 +6,7 @@ the format of ``write_mds``) uncompressed and with zstd, then times ``MDSLoader`
 shuffled) after a warm-up, for every worker count and both variants. Tokens per batch are
 ``local_batch_size * seq_len``. Figures are reported
 
-* as ratios to what one H100 consumes: 57.8k tok/s training the 1B model (FACTS.md) and ~690k tok/s
+* as ratios to what one H100 consumes: 57.8k tok/s training the 1B model (torchtitan's compiled random-token anchor) and ~690k tok/s
   training debugmodel. Targets: >= 10x the 1B demand with 1 worker, >= 1x debugmodel with 2 workers;
 * as a ratio to a baseline measured in the same run: the same samples, in the same order, read with
   plain numpy from memory-mapped uncompressed shard files (no streaming, no torch), i.e. the loader's
@@ -44,7 +44,7 @@ from titan_recipes.bench import (
     write_json,
     write_synthetic_mds,
 )
-from titan_recipes.data.common import Workers
+from titan_recipes.data.workers import Workers
 from titan_recipes.data.mds import MDSLoader, StreamSpec
 
 TARGETS = {1: ("1b", 10.0), 2: ("debugmodel", 1.0)}

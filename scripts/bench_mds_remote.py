@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Iterator
 
 from titan_recipes.bench import bar_chart, environment, format_table, write_json, write_synthetic_mds
-from titan_recipes.data.common import Workers
+from titan_recipes.data.workers import Workers
 from titan_recipes.data.mds import MDSLoader, StreamSpec
 
 BUCKET = "titan-bench"

@@ -46,8 +46,9 @@ import argparse
 import logging
 import sys
 
-from titan_recipes.data.common import DataError
-from titan_recipes.data.mds.writer import HubDataset, parse_document_range, write_mds
+from titan_recipes.errors import DataError
+from titan_recipes.data.mds.inputs import HubDataset, parse_document_range
+from titan_recipes.data.mds.writer import write_mds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from titan_recipes.data.common import DataError
+from titan_recipes.errors import DataError
 from titan_recipes.data.mds import MdsStats, mds_stats
 
 

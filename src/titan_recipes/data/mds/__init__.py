@@ -1,7 +1,7 @@
 """Mosaic streaming (MDS) data: documents -> packed token samples in MDS shards, and a loader that reads them.
 
 Select it with ``training.dataset = "mds"``; it is configured in ``[mosaic_dataloader]``
-(:class:`titan_recipes.config.MosaicDataloader`)::
+(:class:`titan_recipes.data.mds.config.MosaicDataloader`)::
 
     [mosaic_dataloader.dataset]
     shuffle_seed = 9176
@@ -26,7 +26,7 @@ hash, seq_len, inputs, counts).
 ``get_shuffle`` with ``py1e``). With one canonical node this gives exactly the sample order a
 single-process ``StreamingDataset`` yields (``tests/unit/data/test_mds.py`` checks it). That one
 global order is cut into micro-batches by
-:class:`~titan_recipes.data.common.GlobalOrderLoader` from torchtitan's ``dp_rank``/``dp_world_size``.
+:class:`~titan_recipes.data.global_order.GlobalOrderLoader` from torchtitan's ``dp_rank``/``dp_world_size``.
 The state is ``consumed_samples`` + fingerprint, identical on every rank, so a resume with another DP
 degree continues the same order.
 
@@ -101,7 +101,7 @@ order per data-parallel rank. Semantics, exactly:
 
 **Workers and predownload.** ``[mosaic_dataloader] num_workers / prefetch_factor / pin_memory /
 persistent_workers`` run the reads in torch DataLoader worker processes
-(:class:`~titan_recipes.data.common.Workers`): each worker reads whole micro-batches of the same
+(:class:`~titan_recipes.data.workers.Workers`): each worker reads whole micro-batches of the same
 global order, so batches, losses and checkpoints are identical with any number of workers, and a
 checkpoint written with one setting resumes exactly with another. ``dataset.predownload = N`` makes
 a background thread of the training process download/decompress the shards of this rank's next
@@ -110,37 +110,31 @@ shared memory, so runs on one node cannot collide there; ranks sharing a ``local
 on its lock file.
 """
 
-from .compat import TESTED_STREAMING_VERSION, import_streaming
-from .loader import (
-    DECOMPRESS_LOCK,
-    STREAM_KEYS,
-    MDSLoader,
-    MDSValidationLoader,
-    StreamSpec,
-    build_mds_loader,
-    build_mds_validation_loader,
-    check_tokenizer_matches,
-    non_iid_rank_streams,
-    stream_specs,
-)
-from .writer import (
-    CONVERSION_FILE,
-    SHARD_HASH,
-    TOKEN_DTYPE,
-    TOKENS_COLUMN,
-    MdsStats,
-    MdsWriteSummary,
-    iter_documents,
-    mds_stats,
-    read_index,
-    tokenizer_sha256,
-    write_mds,
+from ..source import DataSource, lazy_exports
+from .config import MosaicDataloader, MosaicDataset, MosaicTokenizer, mosaic_tokenizer_path
+
+SOURCE = DataSource(
+    name="mds",
+    build_loader="titan_recipes.data.mds.loader:build_mds_loader",
+    build_validation_loader="titan_recipes.data.mds.loader:build_mds_validation_loader",
+    sections={"mosaic_dataloader": MosaicDataloader, "mosaic_tokenizer": MosaicTokenizer},
+    tokenizer_path=mosaic_tokenizer_path,
+    summary="Mosaic streaming MDS shards, local or remote (S3), IID or non-IID per DP rank",
 )
 
-__all__ = [
-    "CONVERSION_FILE", "DECOMPRESS_LOCK", "SHARD_HASH", "STREAM_KEYS", "TESTED_STREAMING_VERSION", "TOKEN_DTYPE",
-    "TOKENS_COLUMN", "HubDataset", "MDSLoader", "MDSValidationLoader", "MdsStats", "MdsWriteSummary", "StreamSpec",
-    "build_mds_loader", "build_mds_validation_loader", "check_compression", "check_tokenizer_matches",
-    "import_streaming", "iter_documents", "iter_input_documents", "parse_document_range", "mds_stats", "non_iid_rank_streams", "read_index", "stream_specs", "tokenizer_sha256",
-    "write_mds",
-]
+_LAZY = {
+    "compat": ("TESTED_STREAMING_VERSION", "import_streaming"),
+    "format": ("CONVERSION_FILE", "SHARD_HASH", "TOKEN_DTYPE", "TOKENS_COLUMN", "read_index", "tokenizer_sha256"),
+    "streams": ("STREAM_KEYS", "StreamSpec", "non_iid_rank_streams", "stream_specs"),
+    "shards": ("DECOMPRESS_LOCK",),
+    "loader": ("MDSLoader", "MDSValidationLoader", "build_mds_loader", "build_mds_validation_loader",
+               "check_tokenizer_matches"),
+    "inputs": ("HubDataset", "iter_documents", "iter_input_documents", "parse_document_range"),
+    "writer": ("MdsWriteSummary", "check_compression", "write_mds"),
+    "stats": ("MdsStats", "mds_stats"),
+}
+"""Public names of the submodules, imported on first access: ``import titan_recipes.data.mds`` stays
+light (the config sections), and ``from titan_recipes.data.mds import write_mds`` still works."""
+__getattr__, _LAZY_NAMES = lazy_exports(__name__, _LAZY)
+
+__all__ = ["SOURCE", "MosaicDataloader", "MosaicDataset", "MosaicTokenizer", *_LAZY_NAMES]

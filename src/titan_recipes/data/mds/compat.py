@@ -20,8 +20,9 @@ def import_streaming() -> types.SimpleNamespace:
     Why: ``streaming/__init__.py`` imports ``streaming.multimodal``/``vision``/``text``, and
     ``streaming/base/__init__.py`` imports ``streaming.base.dataloader``. Both pull in transformers
     and torchvision, which MDS never needs. transformers is not in our lock, and torchvision does not
-    import beside torch 2.13 CPU (FACTS.md). The submodules used here (``stream``, ``format.mds``,
-    ``spanner``, ``shuffle``, ``sampling``, ``world``) do not need those imports. So when ``streaming``
+    import beside torch 2.13 CPU: resolving streaming's declared dependencies with it backtracks for
+    minutes and ends with a torchvision that fails to import. The submodules used here (``stream``,
+    ``format.mds``, ``spanner``, ``shuffle``, ``sampling``, ``world``) do not need those imports. So when ``streaming``
     is not imported yet, this registers empty package modules for ``streaming`` and ``streaming.base``
     whose ``__path__`` points at the installed package, and imports the submodules from there.
 
@@ -72,7 +73,7 @@ def import_streaming() -> types.SimpleNamespace:
     )
 
 
-def _remote_error(action: str, remote: str, error: BaseException, setting: str | None = None) -> str:
+def remote_error(action: str, remote: str, error: BaseException, setting: str | None = None) -> str:
     """One message for every failed remote operation: what, where (remote + endpoint), why, what to check."""
     endpoint = os.environ.get("S3_ENDPOINT_URL")
     where = f"{setting} = '{remote}'" if setting else remote
