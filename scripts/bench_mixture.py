@@ -5,7 +5,7 @@
    lines in ``.jsonl.zst`` files) with SlimPajama's seven domains: documents per domain follow
    SlimPajama's token shares divided by a per-domain mean length, lengths are log-normal (sigma 1)
    around that mean (CommonCrawl ~1.2k tokens, C4 ~0.5k, Book ~20k, ...), the text is random English
-   words. Registers it in a fresh index (``MixteraIndex.register_dataset``, parser ``slimpajama``):
+   words. Registers it in a fresh index (``SampleIndex.register_dataset``, parser ``slimpajama``):
    rows/s and MB/s.
 2. Times :class:`MixtureLoader` per rank, with tokenization on the fly (the repo's tokenizer
    ``assets/tokenizers/shakespeare-bpe-2048``, BOS/EOS per document), seq 4096 and batch 4 (the 1B
@@ -25,7 +25,7 @@
    and from the server, and from it and the text bytes per token the number of ranks one server can
    feed at the 1B demand (the server answers one request at a time).
 
-Figures are compared with what one H100 consumes training the 1B model (57.8k tok/s, FACTS.md).
+Figures are compared with what one H100 consumes training the 1B model (57.8k tok/s, vanilla torchtitan 0.2.2 on random tokens).
 On a shared machine with few cores, R concurrent ranks compete for the same cores (and with the
 server): per-rank figures at R > 1 then measure the machine, not the loader.
 
@@ -184,10 +184,10 @@ def text_bytes_per_token(index_dir: str, docs: int = 300) -> float:
     """UTF-8 bytes of text per token of the bench tokenizer (BOS/EOS included), over random documents."""
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
-    from titan_recipes.data.mixture import MixteraIndex
+    from titan_recipes.data.mixture import SampleIndex
 
     tokenizer = HuggingFaceTokenizer(str(TOKENIZER_DIR))
-    with MixteraIndex(index_dir, read_only=True) as index:
+    with SampleIndex(index_dir, read_only=True) as index:
         ids = np.random.default_rng(1).choice(index.num_samples(), size=min(docs, index.num_samples()), replace=False)
         texts = index.read_texts(ids)
     tokens = sum(len(tokenizer.encode(t, add_bos=True, add_eos=True)) for t in texts)
@@ -219,7 +219,7 @@ def run_ranks(cfg: dict[str, Any], world: int, tmp: Path) -> list[dict[str, Any]
 # -- server ------------------------------------------------------------------------------------------
 def start_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``titan-recipes mixture serve`` on a free port of 127.0.0.1; returns once it accepts connections."""
-    from titan_recipes.data.mixture.server import free_port, spawn_server
+    from titan_recipes.data.mixture.spawn import free_port, spawn_server
 
     port = free_port()
     return spawn_server(index_dir, port, log=log, timeout=180), f"127.0.0.1:{port}"
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(measure_rank(json.loads(args.worker))), flush=True)
         return {}
     from titan_recipes.bench import H100_1B_TOKENS_PER_S, bar_chart, environment, format_table, write_json
-    from titan_recipes.data.mixture import MixteraIndex, MixtureServer
+    from titan_recipes.data.mixture import SampleIndex, MixtureServer
 
     progress = not args.no_progress
     tmp = tempfile.TemporaryDirectory(prefix="bench-mixture-") if args.data is None else None
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{time.perf_counter() - t0:.1f} s: {corpus['domain_docs']}", file=sys.stderr)
         index_dir = data / "index"
         t0 = time.perf_counter()
-        with MixteraIndex(index_dir) as index:
+        with SampleIndex(index_dir) as index:
             report = index.register_dataset("slimpajama-synthetic", data / "corpus", "slimpajama", progress=progress)
             counts = index.domain_counts("redpajama_set_name")
         reg_s = time.perf_counter() - t0

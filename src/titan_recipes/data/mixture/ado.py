@@ -3,8 +3,9 @@
 ADO fits a power law ``L_k(n) = eps_k + beta_k * n**-alpha_k`` to each domain's training loss as a
 function of the tokens ``n`` the model has seen, and samples more from the domains whose loss is
 predicted to keep falling fastest. Mixtera implements it as ``AdoDynamicMixing``
-(mixtera/core/algo/ado/ado.py); this module follows that implementation and keeps its names, with
-numpy only (no scipy). Per step ``t``, with ``mu`` the prior (``mixture.weights``):
+(mixtera/core/algo/ado/ado.py); this module follows that implementation and keeps its names, and uses
+scipy as it does (``savgol_filter``, ``minimize`` with L-BFGS-B). Per step ``t``, with ``mu`` the prior
+(``mixture.weights``):
 
 1. record each domain's mean loss ``loss_k(t)`` (sum / tokens, reduced over the DP ranks by the
    trainer; a domain without tokens this step repeats its last value) and its count increment: as in
@@ -21,12 +22,12 @@ numpy only (no scipy). Per step ``t``, with ``mu`` the prior (``mixture.weights`
 8. ``pi`` becomes the mixture's weights (see "Where the weights apply").
 
 The fit, per domain: x = cumulative count / ``count_normalizer``, y = the loss curve smoothed by a
-cubic Savitzky-Golay filter (``smoothing_window``, interpolated ends as scipy's ``mode="interp"``),
+cubic Savitzky-Golay filter (``smoothing_window``; ``scipy.signal.savgol_filter``, ``mode="interp"``),
 points after ``warmup_steps``, every ``subsample``-th. Mixtera minimises a Huber loss in log space with
-L-BFGS from a grid of starts; here, for each ``alpha`` on a grid of 160 values in [0.001, 0.8]
-(refined by golden-section search), ``eps`` and ``beta`` are the weighted least-squares solution of the
-linear problem ``eps + beta * x**-alpha ~ y`` with weights ``1 / y**2`` (relative errors, as a log-space
-fit), within the paper's bounds ``alpha <= 0.8``, ``log beta <= 6.5``, ``log eps >= 0.5``. The result is
+L-BFGS from a grid of starts; here, for each ``alpha`` on a grid of 160 values in [0.001, 0.8] (the
+best one refined by L-BFGS-B, ``scipy.optimize.minimize``), ``eps`` and ``beta`` are the weighted
+least-squares solution of the linear problem ``eps + beta * x**-alpha ~ y`` with weights ``1 / y**2``
+(relative errors, as a log-space fit), within the paper's bounds ``alpha <= 0.8``, ``log beta <= 6.5``, ``log eps >= 0.5``. The result is
 deterministic: every rank computes the same weights from the same reduced statistics (and the
 trainer broadcasts rank 0's weights anyway).
 
@@ -46,8 +47,10 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.signal import savgol_filter
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from .mixture import Mixture, StaticMixture
 
 logger = logging.getLogger(__name__)
@@ -56,28 +59,20 @@ ALPHA_BOUNDS = (0.001, 0.8)
 LOG_BETA_MAX = 6.5
 LOG_EPS_MIN = 0.5
 _ALPHA_GRID = np.linspace(*ALPHA_BOUNDS, 160)
-_GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 # -- the power-law fit ------------------------------------------------------------------------------
 def savgol_smooth(y: np.ndarray, window: int, order: int = 3) -> np.ndarray:
-    """Savitzky-Golay smoothing (polynomial ``order``), the window shortened to an odd length that fits
-    ``y``; the ends are the values of a polynomial fitted to the first/last window (scipy's
-    ``mode="interp"``). Returns ``y`` unchanged when the window is too short for the order."""
+    """Savitzky-Golay smoothing (polynomial ``order``; ``scipy.signal.savgol_filter`` with
+    ``mode="interp"``, as Mixtera), the window shortened to an odd length that fits ``y``; the ends are
+    the values of a polynomial fitted to the first/last window. Returns ``y`` unchanged when the window
+    is too short for the order."""
     y = np.asarray(y, dtype=np.float64)
     n = len(y)
     window = min(window, n if n % 2 else n - 1)
     if window <= order + 1:
         return y.copy()
-    half = window // 2
-    offsets = np.arange(-half, half + 1, dtype=np.float64)
-    coeffs = np.linalg.pinv(np.vander(offsets, order + 1, increasing=True))[0]
-    out = y.copy()
-    out[half : n - half] = np.convolve(y, coeffs[::-1], mode="valid")
-    t = np.arange(window, dtype=np.float64)
-    out[:half] = np.polyval(np.polyfit(t, y[:window], order), t[:half])
-    out[n - half :] = np.polyval(np.polyfit(t, y[-window:], order), t[window - half :])
-    return out
+    return savgol_filter(y, window, order, mode="interp")
 
 
 def _fit_linear(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float, float]:
@@ -103,7 +98,11 @@ def _fit_linear(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, flo
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float] | None:
     """Fit ``y ~ eps + beta * x**-alpha`` (relative least squares, the paper's bounds). Returns
-    ``(eps, beta, alpha)``, or None with fewer than 3 points."""
+    ``(eps, beta, alpha)``, or None with fewer than 3 points.
+
+    For a given ``alpha`` the best ``eps, beta`` solve a linear problem (:func:`_fit_linear`), so only
+    ``alpha`` is searched: the best of a grid, then ``scipy.optimize.minimize`` (L-BFGS-B, as Mixtera)
+    within the grid cells around it, with the exact derivative of the error in ``alpha``."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     keep = (x > 0) & np.isfinite(y) & (y > 0)
@@ -119,18 +118,20 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float,
     errors = [sse(a)[0] for a in _ALPHA_GRID]
     i = int(np.argmin(errors))
     lo, hi = _ALPHA_GRID[max(i - 1, 0)], _ALPHA_GRID[min(i + 1, len(_ALPHA_GRID) - 1)]
-    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fa, fb = sse(a)[0], sse(b)[0]
-    for _ in range(40):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - _GOLDEN * (hi - lo)
-            fa = sse(a)[0]
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + _GOLDEN * (hi - lo)
-            fb = sse(b)[0]
-    candidates = [(errors[i], float(_ALPHA_GRID[i])), (min(fa, fb), float(a if fa <= fb else b))]
+    scale = errors[i] if errors[i] > 0 else 1.0  # L-BFGS-B's tolerances are absolute below 1
+
+    def objective(p: np.ndarray) -> tuple[float, np.ndarray]:
+        alpha = float(p[0])
+        z = np.exp(-alpha * logx)
+        err, eps, beta = _fit_linear(z, y, w)
+        # d err / d alpha at the optimal (eps, beta): their own derivatives drop out (envelope theorem).
+        grad = float((2.0 * w * (eps + beta * z - y) * beta * -logx * z).sum())
+        return err / scale, np.array([grad / scale])
+
+    result = minimize(objective, np.array([_ALPHA_GRID[i]]), jac=True, method="L-BFGS-B", bounds=[(lo, hi)],
+                      options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 200})
+    refined = float(np.clip(result.x[0], lo, hi))
+    candidates = [(errors[i], float(_ALPHA_GRID[i])), (sse(refined)[0], refined)]
     _, alpha = min(candidates)
     _, eps, beta = sse(alpha)
     return eps, beta, alpha

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ...config import ConfigError
-from ..common import DataError, FingerprintMismatchError, fingerprint
-from .index import MixteraIndex
+from ...errors import ConfigError, DataError, FingerprintMismatchError
+from ..state import fingerprint
+from .reader import IndexReader
 from .mixture import Mixture, chunk_counts
 from .query import Query
 
@@ -90,7 +90,7 @@ class ChunkPlanner:
 
     def __init__(
         self,
-        index: MixteraIndex,
+        index: IndexReader,
         mixture: Mixture,
         *,
         chunk_size: int,

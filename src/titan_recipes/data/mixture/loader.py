@@ -3,7 +3,7 @@
 Every DP rank plans the same chunks (:class:`~.chunks.ChunkPlanner`, no communication) and reads its
 contiguous block of each (:meth:`~.chunks.Chunk.shard`), so the ranks' documents are disjoint and
 together are exactly the chunk. A rank reads its block's texts from the index
-(:meth:`~.index.MixteraIndex.read_texts`), tokenizes each document with BOS and EOS (the run's
+(:meth:`~.index.SampleIndex.read_texts`), tokenizes each document with BOS and EOS (the run's
 tokenizer) and packs the token stream into rows of ``seq_len + 1`` tokens (no padding, no overlap:
 inputs are the first ``seq_len`` tokens, labels the last ``seq_len``; a document that does not fit
 continues in the next row, and a block's last document continues into the rank's block of the next
@@ -25,30 +25,27 @@ checkpoint of this loader has had at any DP degree::
 
 A rank's position is the planner state before its current chunk, the position in its block of it
 (document index, token offset), and ``carry``: documents (sample id, domain id, token offset) it must
-read before its next chunk (see below). A resume with the same DP degree takes each rank's position
-back: exact. A resume with another DP degree continues the same global order with no document lost or
-repeated: the unread rest of every old rank (its carry, the rest of its current block and its blocks of
-the chunks other ranks already started), in chunk order and old-rank order, is cut into one
-contiguous piece per new rank as its carry; after it every new rank continues with the first chunk no
-old rank had started, cut the new way. (Rows, and so losses, differ from an uninterrupted run with the
-old degree, as they would with any packing; the documents do not.) Schedules and ADO place chunks on
-training steps by the global batch (``local_batch_size x DP degree``): for them a change of the global
-batch is refused with a DataError naming the DP degrees; a static mixture resumes with any. The
-fingerprint covers the index's files (dataset, path, size, samples), the mixture, query, seed, chunk
-size, the samples taken, the tokenizer and seq_len: a checkpoint written for other data or settings
-refuses with FingerprintMismatchError. States written before this format (``mixture_dp_rank_<r>``, one
-per rank, each rank's own position) still load with their DP degree (and a 1-rank one with any).
+read before its next chunk. A resume with the same DP degree takes each rank's position back: exact.
+A resume with another DP degree continues the same global order with no document lost or repeated
+(:func:`~.resume.reshard`; rows, and so losses, differ from an uninterrupted run with the old degree,
+as they would with any packing; the documents do not). Schedules and ADO place chunks on training
+steps by the global batch (``local_batch_size x DP degree``): for them a change of the global batch is
+refused with a DataError naming the DP degrees; a static mixture resumes with any. The fingerprint
+covers the index's files (dataset, path, size, samples), the mixture, query, seed, chunk size, the
+samples taken, the tokenizer and seq_len: a checkpoint written for other data or settings refuses with
+FingerprintMismatchError. The key and the encoding are the data checkpoint codec's
+(:data:`titan_recipes.data.state.MIXTURE`). States written before this format (``mixture_dp_rank_<r>``,
+one per rank, each rank's own position) still load with their DP degree (and a 1-rank one with any):
+:mod:`.resume`.
 
 Workers: only ``training.dataloader.num_workers = 0`` (reading in the training process) is supported
 in this slice; other values are a ConfigError.
 """
 
+
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -56,13 +53,16 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.tokenizer import BaseTokenizer
 
-from ...config import ConfigError
-from ..common import DataError, FingerprintMismatchError, Workers, fingerprint, training_workers
-from .ado import AdoMixture
+from ...errors import ConfigError, DataError
+from .. import state as codec
+from ..state import fingerprint
+from ..workers import Workers, training_workers
 from .chunks import ChunkPlanner
-from .index import INDEX_FILE, MixteraIndex
-from .mixture import Mixture, ScheduleMixture, StaticMixture
+from .config import mixture_from_config, query_from_config
+from .mixture import Mixture, StaticMixture
 from .query import Query
+from .reader import IndexReader, open_index
+from .resume import FINGERPRINT_COVERS, WHAT, checkpoint_rank_keys, from_legacy, reshard
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class MixtureLoader(BaseDataLoader):
     """Packed rows from the chunks of a mixture over a sample index (see the module docstring).
 
     Args:
-        index: an open :class:`MixteraIndex` (read-only is enough).
+        index: an open index (:class:`~.reader.IndexReader`: embedded or served; read-only is enough).
         mixture: the weights (static or scheduled).
         tokenizer: the run's tokenizer; documents get BOS and EOS.
         seq_len: tokens per input row (rows hold ``seq_len + 1`` tokens).
@@ -90,16 +90,16 @@ class MixtureLoader(BaseDataLoader):
         workers: only ``num_workers = 0`` is supported (ConfigError otherwise).
         legacy_rank_keys: how many old-format per-rank keys (``mixture_dp_rank_<r>``) the checkpoint to
             resume holds; ranks ``0 < r < legacy_rank_keys`` also ask for their own key, so that an old
-            multi-rank checkpoint resumes with its DP degree (:func:`checkpoint_rank_keys` finds them).
+            multi-rank checkpoint resumes with its DP degree (:func:`~.resume.checkpoint_rank_keys` finds them).
     """
 
-    state_key = "mixture"
+    state_key = codec.MIXTURE
     STATE_VERSION = 2
 
     def __init__(
         self,
         *,
-        index: MixteraIndex,
+        index: IndexReader,
         mixture: Mixture,
         tokenizer: BaseTokenizer,
         seq_len: int,
@@ -166,14 +166,6 @@ class MixtureLoader(BaseDataLoader):
             "Mixture loader: dp_rank %d of %d, %d rows of %d tokens per batch, domains %s, fingerprint %s",
             dp_rank, dp_world_size, local_batch_size, seq_len + 1, self.domains, self.data_fingerprint,
         )
-
-    @property
-    def _rank_key(self) -> str:
-        return f"{self.state_key}_dp_rank_{self.dp_rank}"
-
-    @property
-    def _global_key(self) -> str:
-        return f"{self.state_key}_dp_rank_0"
 
     # -- reading ---------------------------------------------------------------------------------
     def _load_chunk(self) -> None:
@@ -308,7 +300,6 @@ class MixtureLoader(BaseDataLoader):
     def state_dict(self) -> dict[str, Any]:
         state = {
             "version": self.STATE_VERSION,
-            "fingerprint": self.data_fingerprint,
             "dp_world_size": self.dp_world_size,
             "local_batch_size": self.local_batch_size,
             "global_batch_size": self.local_batch_size * self.dp_world_size,
@@ -317,31 +308,18 @@ class MixtureLoader(BaseDataLoader):
         }
         if self.mixture.dynamic:
             state["mixture"] = self.mixture.state_dict()
-        out = {self._global_key: json.dumps(state, sort_keys=True)}
+        out = codec.encode(codec.MIXTURE, state, fingerprint=self.data_fingerprint, as_json=True)
         if 0 < self.dp_rank < self.legacy_rank_keys:  # resuming an old per-rank checkpoint: ask for our key too
-            out[self._rank_key] = out[self._global_key]
+            out[codec.mixture_rank_key(self.dp_rank)] = out[codec.MIXTURE]
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
+        state = codec.decode(state_dict, codec.MIXTURE, fingerprint=None, what=WHAT)
+        if state is None:
             return
-        if self._global_key not in state_dict:
-            raise DataError(
-                f"Checkpoint has no '{self._global_key}' data-loader state (keys: {sorted(state_dict)}): it was "
-                f"written by another loader. Start a fresh run directory, or set "
-                f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data from the beginning."
-            )
-        state = _decode(state_dict[self._global_key])
         if "version" not in state:  # written before version 2: one key per rank, each rank's own position
-            state = self._from_legacy(state, state_dict)
-        if state["fingerprint"] != self.data_fingerprint:
-            raise FingerprintMismatchError(
-                f"Mixture loader: the checkpoint's data fingerprint {state['fingerprint']} does not match the "
-                f"configured data ({self.data_fingerprint}): the index's files, the mixture, query, seed, "
-                f"chunk size, tokenizer or seq_len changed since it was written. Resuming would train on "
-                f"another sample order. Restore the settings, or set checkpoint.exclude_from_loading = "
-                f"['dataloader'] to restart the data deliberately."
-            )
+            state = from_legacy(self, state, state_dict)
+        codec.check_fingerprint(state, self.data_fingerprint, what=WHAT, changed=FINGERPRINT_COVERS)
         old_world, positions = int(state["dp_world_size"]), state["ranks"]
         missing = [r for r, p in enumerate(positions) if p is None]
         if len(positions) != old_world or missing:
@@ -364,7 +342,7 @@ class MixtureLoader(BaseDataLoader):
         if old_world == self.dp_world_size:
             mine = positions[self.dp_rank]
         else:
-            mine = self._reshard(positions)
+            mine = reshard(self, positions)
             logger.info(
                 "Mixture loader: the checkpoint was written with DP degree %d, this run has %d: dp_rank %d "
                 "first reads %d carried document(s) of the old ranks' unread rest, then chunk %d on.",
@@ -373,38 +351,6 @@ class MixtureLoader(BaseDataLoader):
         self.batches = int(state["batches"])
         self._set_position(mine)
         self.legacy_rank_keys = 0  # later checkpoints of this run are of the current format
-
-    def _from_legacy(self, state: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
-        """A state written before version 2 (this rank's own position under ``mixture_dp_rank_<r>``) as a
-        version-2 state. A 1-rank one is complete; a multi-rank one only for its own DP degree."""
-        old_world = int(state["dp_world_size"])
-        expected = self.legacy_fingerprint(self.local_batch_size * old_world)  # it covered the global batch
-        if state["fingerprint"] != expected:
-            raise FingerprintMismatchError(
-                f"Mixture loader: the checkpoint's data fingerprint {state['fingerprint']} does not match the "
-                f"configured data ({expected}): the index's files, the mixture, query, seed, chunk size, "
-                f"tokenizer, seq_len or training.local_batch_size changed since it was written (a checkpoint of "
-                f"this older format also needs the local batch size it was written with). Restore the "
-                f"settings, or set checkpoint.exclude_from_loading = ['dataloader'] to restart the data deliberately."
-            )
-        if old_world > 1:
-            raw = state_dict.get(self._rank_key) if self.dp_world_size == old_world else None
-            if raw is None:
-                raise DataError(
-                    f"Mixture loader: the checkpoint was written with DP degree {old_world} by an older version that "
-                    f"kept one state per DP rank; this run has DP degree {self.dp_world_size}. Resume it with DP "
-                    f"degree {old_world} (its next checkpoint then resumes with any degree), or set "
-                    f"checkpoint.exclude_from_loading = ['dataloader'] to restart the data."
-                )
-            state = _decode(raw)
-        pos = {"carry": [], "chunk_state": state["chunk_state"], "item": state["item"], "offset": state["offset"]}
-        ranks: list[Any] = [pos] if old_world == 1 else [pos if r == self.dp_rank else {} for r in range(old_world)]
-        out = {"version": self.STATE_VERSION, "fingerprint": self.data_fingerprint, "dp_world_size": old_world,
-               "local_batch_size": self.local_batch_size, "global_batch_size": self.local_batch_size * old_world,
-               "batches": state["batches"], "ranks": ranks}
-        if "mixture" in state:
-            out["mixture"] = state["mixture"]
-        return out
 
     def legacy_fingerprint(self, global_batch_size: int) -> str:
         """The data fingerprint states before version 2 hold (it covered the global batch size)."""
@@ -423,125 +369,6 @@ class MixtureLoader(BaseDataLoader):
         if not self._carry:
             self._load_chunk()
 
-    def _reshard(self, positions: list[dict[str, Any]]) -> dict[str, Any]:
-        """This rank's position when the old ranks stood at ``positions``: the unread rest of every old rank
-        (its carry; the rest of its block of its current chunk; its blocks of later chunks another old rank
-        had started), in chunk order then old-rank order, cut into ``dp_world_size`` contiguous pieces;
-        then the chunks after the last one any old rank had started."""
-        old_world = len(positions)
-        starts = [int(p["chunk_state"]["next_chunk"]) for p in positions]
-        first, last = min(starts), max(starts)
-        self.planner.load_state_dict(positions[starts.index(first)]["chunk_state"])
-        chunks = {}
-        for k in range(first, last + 1):
-            chunks[k] = self.planner.next_chunk()
-        after_last = self.planner.state_dict()
-        rest: list[list[int]] = [list(c) for p in positions for c in p["carry"]]
-        for k in range(first, last + 1):
-            for r, p in enumerate(positions):
-                if k < starts[r]:
-                    continue
-                block = chunks[k].shard(r, old_world)
-                item, offset = (int(p["item"]), int(p["offset"])) if k == starts[r] else (0, 0)
-                for j in range(item, len(block)):
-                    domain, sid = block[j]
-                    rest.append([int(sid), self._domain_id[domain], offset if j == item else 0])
-        n, w, r = len(rest), self.dp_world_size, self.dp_rank
-        return {"carry": rest[r * n // w : (r + 1) * n // w], "chunk_state": after_last, "item": 0, "offset": 0}
-
-
-def _decode(raw: Any) -> dict[str, Any]:
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-
-
-def checkpoint_rank_keys(job_config: Any) -> int:
-    """How many old-format per-rank mixture keys (``dataloader.mixture_dp_rank_<r>``) the checkpoint this
-    launch will resume from holds (0 when there is none, or it is of the current format, which has one
-    key). Looked up in the DCP metadata of ``checkpoint.load_step`` or the newest ``step-N`` folder."""
-    import pickle
-    import re
-
-    try:
-        ckpt = job_config.checkpoint
-        folder = Path(job_config.job.dump_folder, ckpt.folder)
-        steps = {int(m.group(1)): p for p in folder.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))}
-        step = ckpt.load_step if ckpt.load_step > 0 else max((s for s, p in steps.items() if (p / ".metadata").is_file()), default=None)
-        if step is None or step not in steps:
-            return 0
-        keys = pickle.loads((steps[step] / ".metadata").read_bytes()).state_dict_metadata
-    except Exception:  # no checkpoint folder or config, unreadable metadata: nothing to adapt to (the load reports it)
-        return 0
-    return len([k for k in keys if re.fullmatch(r"dataloader\.mixture_dp_rank_\d+", k)])
-
-
-# -- building from the config -------------------------------------------------------------------------
-def mixture_from_config(section: Any) -> Mixture:
-    """The StaticMixture / ScheduleMixture of ``[mixture]`` (ConfigError naming the key otherwise)."""
-    if not section.property:
-        raise ConfigError("mixture.property is not set: name the property whose values are the domains "
-                          "(e.g. 'redpajama_set_name').")
-    if bool(section.weights) == bool(section.schedule):
-        raise ConfigError("Set exactly one of mixture.weights (a static mixture) and mixture.schedule "
-                          f"(weights by start step); got weights={section.weights!r}, schedule={section.schedule!r}.")
-    if section.ado.enable and not section.weights:
-        raise ConfigError("mixture.ado.enable = true needs the prior as mixture.weights (not mixture.schedule).")
-    if section.weights:
-        try:
-            static = StaticMixture(section.weights, section.property)
-        except ConfigError as e:
-            raise ConfigError(f"mixture.weights: {e}") from None
-        if not section.ado.enable:
-            return static
-        if not section.per_domain_loss:
-            raise ConfigError("mixture.ado.enable = true needs mixture.per_domain_loss = true: ADO adapts the "
-                              "weights from the per-domain losses.")
-        settings = {k: v for k, v in dataclasses.asdict(section.ado).items() if k != "enable"}
-        return AdoMixture(static, **settings)
-    stages = []
-    for key, weights in section.schedule.items():
-        try:
-            start = int(key)
-        except ValueError:
-            raise ConfigError(f"mixture.schedule: table key {key!r} is not a start step (an integer).") from None
-        try:
-            stages.append((start, StaticMixture(weights, section.property)))
-        except ConfigError as e:
-            raise ConfigError(f"mixture.schedule.{key}: {e}") from None
-    try:
-        return ScheduleMixture(sorted(stages, key=lambda s: s[0]))
-    except ConfigError as e:
-        raise ConfigError(f"mixture.schedule: {e}") from None
-
-
-def query_from_config(groups: Any) -> Query | None:
-    """``[mixture] query`` (a list of groups of ``[property, op, value]``) as a Query; None when empty."""
-    if not groups:
-        return None
-    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
-        raise ConfigError(f"mixture.query must be a list of groups, each a list of [property, op, value]; "
-                          f"got {groups!r}.")
-    try:
-        return Query(*groups)
-    except ConfigError as e:
-        raise ConfigError(f"mixture.query: {e}") from None
-
-
-def index_from_config(section: Any) -> Any:
-    """The index ``[mixture]`` names: a MixteraIndex opened read-only in this process (embedded mode), or
-    a client of ``mixture.server`` (served mode, :mod:`.server`)."""
-    if section.server:
-        from .server import open_index as open_served
-
-        return open_served(section.index_dir, section.server)
-    if not section.index_dir:
-        raise ConfigError("training.dataset = 'mixture' needs mixture.index_dir: the directory of a sample "
-                          f"index ({INDEX_FILE}) written by `titan-recipes mixture register` (or "
-                          f"MixteraIndex.register_dataset), or mixture.server = 'host:port' of a mixture server.")
-    if not (Path(section.index_dir) / INDEX_FILE).is_file():
-        raise ConfigError(f"mixture.index_dir = '{section.index_dir}' holds no {INDEX_FILE}; register a dataset "
-                          f"there first (`titan-recipes mixture register`), or fix the path.")
-    return MixteraIndex(section.index_dir, read_only=True)
-
 
 def build_mixture_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokenizer, job_config) -> MixtureLoader:
     """``training.dataset = "mixture"``: check ``[mixture]``, open the index read-only, build the loader."""
@@ -552,7 +379,7 @@ def build_mixture_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokeni
     query = query_from_config(section.query)
     if section.chunk_size <= 0:
         raise ConfigError(f"mixture.chunk_size must be positive, got {section.chunk_size}.")
-    index = index_from_config(section)
+    index = open_index(section.index_dir, section.server)
     known = index.properties
     if section.property not in known:
         index.close()
@@ -568,14 +395,3 @@ def build_mixture_loader(dp_world_size: int, dp_rank: int, tokenizer: BaseTokeni
     except BaseException:
         index.close()
         raise
-
-
-def merge_rank_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """One checkpoint state from the ``state_dict()`` of each DP rank's loader taken without a process
-    group (each then knows only its own position), as the all-gather of a distributed save makes it.
-    For tests and tools that drive several ranks' loaders in one process."""
-    decoded = [_decode(next(iter(s.values()))) for s in states]
-    merged = dict(decoded[0])
-    merged["ranks"] = [next(p for p in (d["ranks"][r] for d in decoded) if p is not None)
-                       for r in range(merged["dp_world_size"])]
-    return {f"{MixtureLoader.state_key}_dp_rank_0": json.dumps(merged, sort_keys=True)}

@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
-from ...config import ConfigError
-from ..common import fingerprint
+from ...errors import ConfigError
+from ..state import fingerprint
 
 WEIGHT_SUM_TOLERANCE = 1e-6
 

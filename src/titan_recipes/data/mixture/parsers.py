@@ -14,7 +14,7 @@ their names. A custom parser subclasses :class:`MetadataParser`::
             return {"language": record["lang"], "quality": float(record["score"])}
 
 ``parse`` raises ``KeyError``/``TypeError``/``ValueError`` for a record it cannot read; the index turns
-that into a :class:`~titan_recipes.data.common.DataError` naming ``file:line``.
+that into a :class:`~titan_recipes.errors.DataError` naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from ...config import ConfigError
+from ...errors import ConfigError
 
 PROPERTY_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 """Property (column) names: lower-case SQL identifiers, so they need no quoting rules of their own."""

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..common import DataError
+from ...errors import DataError
+from ...run_files import LOSS_DOMAIN_PREFIX, LOSS_KEY, METRICS_FILE, MIXTURE_WEIGHT_PREFIX, read_metrics
 
-PREFIXES = ("loss_domain/", "mixture_weight/")
+PREFIXES = (LOSS_DOMAIN_PREFIX, MIXTURE_WEIGHT_PREFIX)
 
 
 def domain_series(run_dir: str | Path) -> dict[str, dict[str, dict[int, float]]]:
     """``{"loss_domain": {d: {step: v}}, "mixture_weight": {...}, "loss": {"all": {step: v}}}`` of a run."""
-    from ...records import METRICS_FILE, read_metrics
-
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise DataError(f"{run_dir} has no {METRICS_FILE}: not a run directory, or the run has not logged a step yet.")
@@ -29,11 +28,11 @@ def domain_series(run_dir: str | Path) -> dict[str, dict[str, dict[int, float]]]
             for prefix in PREFIXES:
                 if key.startswith(prefix):
                     out[prefix[:-1]].setdefault(key[len(prefix):], {})[step] = float(value)
-        if "loss_metrics/global_avg_loss" in row:
-            out["loss"]["all"][step] = float(row["loss_metrics/global_avg_loss"])
+        if LOSS_KEY in row:
+            out["loss"]["all"][step] = float(row[LOSS_KEY])
     if not out["mixture_weight"]:
         raise DataError(
-            f"{path} has no per-domain metrics (mixture_weight/<domain>): the run did not read a mixture with "
+            f"{path} has no per-domain metrics ({MIXTURE_WEIGHT_PREFIX}<domain>): the run did not read a mixture with "
             f"mixture.per_domain_loss = true."
         )
     return out

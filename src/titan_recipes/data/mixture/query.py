@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from ...config import ConfigError
+from ...errors import ConfigError
 
 OPS: dict[str, str] = {"==": "=", "!=": "<>", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "in": "IN"}
 """Query operators and their SQL."""
