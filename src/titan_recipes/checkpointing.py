@@ -31,17 +31,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pickle
-import re
 import shutil
 from typing import Any
 
 from torch.distributed.checkpoint.api import CheckpointException
 from torchtitan.components.checkpoint import DATALOADER, LR_SCHEDULER, MODEL, OPTIMIZER, CheckpointManager
 
+from .checkpoint_steps import checkpoint_kind, checkpoint_steps, describe_resume_point, newest_full_step  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
-_STEP = re.compile(r"^step-(\d+)$")
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded")
 DISK_FULL_FREE_BYTES = 64 * 2**20
@@ -55,48 +54,6 @@ class CheckpointSaveError(RuntimeError):
     def __init__(self, message: str, disk_full: bool):
         super().__init__(message)
         self.exit_reason = "disk_full" if disk_full else "error"
-
-
-def checkpoint_kind(step_dir: str) -> str:
-    """``"full"`` (every training state), ``"model"`` (weights only: a final export, DCP or HF
-    safetensors), or ``"incomplete"`` (no or unreadable ``.metadata``: an interrupted or failed save)."""
-    meta = os.path.join(step_dir, ".metadata")
-    if not os.path.isfile(meta):
-        return "model" if os.path.isfile(os.path.join(step_dir, "model.safetensors.index.json")) else "incomplete"
-    try:
-        with open(meta, "rb") as f:
-            keys = pickle.load(f).state_dict_metadata.keys()
-    except Exception:  # truncated or foreign: not a checkpoint a resume can use
-        return "incomplete"
-    sections = {k.split(".", 1)[0] for k in keys}
-    return "full" if {"optimizer", "lr_scheduler", "train_state"} <= sections else "model"
-
-
-def checkpoint_steps(folder: str) -> list[tuple[int, str]]:
-    """``(step, kind)`` of every ``step-N`` folder, newest first."""
-    if not os.path.isdir(folder):
-        return []
-    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := _STEP.match(name))]
-    return [(step, checkpoint_kind(os.path.join(folder, name))) for step, name in sorted(found, reverse=True)]
-
-
-def newest_full_step(folder: str, before: int | None = None) -> int | None:
-    for step, kind in checkpoint_steps(folder):
-        if (before is None or step < before) and kind == "full":
-            return step
-    return None
-
-
-def describe_resume_point(ckpt: CheckpointManager, step: int) -> str:
-    """One sentence: which complete checkpoint before ``step`` a relaunch in the same run directory
-    resumes from."""
-    if not getattr(ckpt, "enable", False):
-        return "checkpointing is off (checkpoint.enable = false), so a relaunch starts from step 0."
-    prev = newest_full_step(ckpt.folder, before=step)
-    if prev is None:
-        return f"no earlier complete checkpoint exists in {ckpt.folder}, so a relaunch starts from step 0."
-    return (f"the previous checkpoint {os.path.join(ckpt.folder, f'step-{prev}')} (step {prev}) is intact and a "
-            f"relaunch in the same run directory resumes from it.")
 
 
 def _chain(exc: BaseException):

@@ -1,7 +1,7 @@
 """Running torchtitan 0.2.2 on a machine without a GPU.
 
 torchtitan 0.2.2 assumes CUDA in three places. Each fix below is a named, opt-in unit applied by
-:func:`titan_recipes.train.main` (and the test helpers) *before* torchtitan is imported; on a machine with
+:func:`prepare_device` (called by :mod:`titan_recipes.trainer` and the test helpers) *before* torchtitan is imported; on a machine with
 a GPU, :func:`prepare_torchtitan_import` only installs the triton stand-in when triton is missing and
 :func:`use_cpu_device` is never called, so GPU runs use torchtitan unchanged.
 
@@ -27,14 +27,18 @@ import os
 import resource
 import sys
 import types
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _MOE_KERNELS = "torchtitan.models.moe.kernels"
 
 
 def cuda_available() -> bool:
     """True when this process should train on the GPU (CUDA build and a visible device)."""
+    import torch
+
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
 
@@ -89,6 +93,8 @@ class CpuDeviceModule:
 
     def __getattr__(self, name):
         # Everything else (synchronize, current_stream, device_count, ...) comes from torch.cpu.
+        import torch
+
         return getattr(torch.cpu, name)
 
     @staticmethod
@@ -130,6 +136,14 @@ class CpuDeviceModule:
         }
 
 
+def prepare_device() -> None:
+    """Everything a process needs before it imports ``torchtitan.train``: the triton stand-in, and on a
+    machine without a usable GPU the CPU device (pitfall 2). Idempotent."""
+    prepare_torchtitan_import()
+    if not cuda_available():
+        use_cpu_device()
+
+
 def use_cpu_device() -> None:
     """Pitfall 2: make torchtitan see device type "cpu". Call before importing torchtitan.train.
 
@@ -142,6 +156,8 @@ def use_cpu_device() -> None:
     import torchtitan.distributed.parallel_dims as parallel_dims
     import torchtitan.tools.utils as tt_utils
 
+    if isinstance(tt_utils.device_module, CpuDeviceModule):  # applied already: modules imported since copied "cpu"
+        return
     module = CpuDeviceModule()
     tt_utils.device_type, tt_utils.device_module = "cpu", module
     parallel_dims.device_type = "cpu"
@@ -153,11 +169,11 @@ def use_cpu_device() -> None:
     if late:
         raise RuntimeError(
             f"use_cpu_device() must run before {late} are imported: they already copied "
-            f"device_type={tt_utils.get_device_info()[0]!r}. Import titan_recipes.train first."
+            f"device_type={tt_utils.get_device_info()[0]!r}. Import titan_recipes.train (or titan_recipes.inject) first."
         )
 
 
-def force_sum_reduction_for_gloo(model: torch.nn.Module) -> int:
+def force_sum_reduction_for_gloo(model: "torch.nn.Module") -> int:
     """Pitfall 3: FSDP2 on gloo. Returns how many FSDP modules were switched to SUM reduction."""
     from torch.distributed.fsdp import FSDPModule
 

@@ -4,7 +4,7 @@ torchtitan 0.2.2 trains on after a NaN: the loss is logged, clipping scales ever
 optimizer writes NaN into the weights, and the next checkpoint stores them (issue 14: ``--optimizer.lr
 1000`` exited 0, ``summary.json`` said "completed" and the NaN weights were checkpointed).
 
-Where it hooks in (:class:`titan_recipes.train.RecipeTrainer`): ``forward_backward_step`` hands each
+Where it hooks in (:class:`titan_recipes.trainer.RecipeTrainer`, as a :class:`~titan_recipes.extensions.TrainerExtension`): ``forward_backward_step`` hands each
 micro-batch's loss to :meth:`DivergenceGuard.add_loss`; after the last micro-batch's backward (gradients
 complete, before torchtitan clips them) :meth:`DivergenceGuard.add_grads` takes this rank's sum of
 squared gradients; at the end of ``train_step``, before the loop calls ``checkpointer.save`` for the step,
@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .extensions import TrainerExtension
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def _kind(x: float) -> str:
     return "NaN" if math.isnan(x) else ("+inf" if x > 0 else "-inf")
 
 
-class DivergenceGuard:
+class DivergenceGuard(TrainerExtension):
     """Per-step check of the loss and the gradient norm of one Trainer (see the module docstring)."""
 
     def __init__(self, trainer: Any):
@@ -88,6 +90,12 @@ class DivergenceGuard:
     def add_grads(self) -> None:
         grads = [p.grad for m in self.trainer.model_parts for p in m.parameters() if p.grad is not None]
         self._grad_sq = _sum_of_squares(grads, self.trainer.device)
+
+    def on_loss(self, loss: torch.Tensor) -> None:
+        self.add_loss(loss)
+
+    def on_step_end(self, step: int) -> None:
+        self.check(step)
 
     def check(self, step: int) -> None:
         """All ranks: agree whether step ``step``'s loss or gradient norm was non-finite; stop or warn."""
@@ -112,7 +120,7 @@ class DivergenceGuard:
 
 
 def diverged_message(trainer: Any, step: int, what: str) -> str:
-    from .checkpointing import describe_resume_point
+    from .checkpoint_steps import describe_resume_point
 
     cfg = trainer.job_config
     return (

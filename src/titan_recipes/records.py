@@ -53,6 +53,8 @@ IMAGE_DIGEST_ENV = "TITAN_RECIPES_IMAGE_DIGEST"
 """Environment variable holding the image digest (``sha256:...``); set by the image build or the job
 script (a container cannot see its own digest)."""
 
+logger = logging.getLogger(__name__)
+
 
 def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -295,7 +297,7 @@ class RecipeMetricsProcessor(MetricsProcessor):
         super().close()
 
     def write_summary(self, error: BaseException | None) -> Path:
-        from .train import PREEMPTED_FILE
+        from .preemption import PREEMPTED_FILE
 
         cfg = self.job_config
         launch = getattr(cfg, "launch", None)

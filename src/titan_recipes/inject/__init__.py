@@ -40,7 +40,7 @@ torchtitan 0.2.2's Trainer builds every swappable part through ``TrainSpec`` slo
 :func:`build_train_spec` copies the config's TrainSpec (``recipes.llama3`` etc.) and replaces the slots
 whose object the user gave; :func:`build_trainer` registers it under a private name
 (``inject.<pid>.<n>``), points ``model.name`` at it, builds titan-recipes' own Trainer
-(:func:`titan_recipes.train.trainer_class`: torchtitan's Trainer plus config validation, run record,
+(:class:`titan_recipes.trainer.RecipeTrainer`: torchtitan's Trainer plus config validation, run record,
 ``launch.stop_at_step`` and the preemption save) and removes the name again. The Trainer's loop,
 parallelisms, checkpointing (:class:`~torchtitan.components.checkpoint.CheckpointManager`), metrics and
 validation are torchtitan's, unchanged. Three contracts need an adapter, each a torchtitan subclass:
@@ -81,42 +81,27 @@ import itertools
 import logging
 import os
 import socket
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import cpu
-from ..config import ConfigError, load_toml, validate_job_config
-from ..train import trainer_class
+from .device import NOT_READY  # first: the CPU fixes must precede every torchtitan import below
 
-_COPIES_DEVICE = ("torchtitan.train", "torchtitan.components.metrics", "torchtitan.distributed.utils")
-"""torchtitan modules that copy the device type on import (titan_recipes.cpu, pitfall 2)."""
+import torch.distributed as dist
+import torch.nn as nn
+from torchtitan.components.dataloader import BaseDataLoader
+from torchtitan.config import ConfigManager
+from torchtitan.protocols import train_spec as registry
+from torchtitan.protocols.model import BaseModelArgs
+from torchtitan.protocols.train_spec import TrainSpec, get_train_spec
 
-_early = [name for name in _COPIES_DEVICE if name in sys.modules]
-if cpu.cuda_available() or not _early:
-    RecipeTrainer = trainer_class()  # applies the CPU fixes, which must precede the torchtitan imports below
-    _NOT_READY = ""
-else:  # the components below still work; training would run with device "cuda" and fail, so it is refused
-    RecipeTrainer = None
-    _NOT_READY = (
-        f"titan_recipes.inject was imported after {_early} on a machine without a GPU: they copied torchtitan's "
-        f"device type before the CPU fixes of titan_recipes.cpu could apply. Import titan_recipes.inject "
-        f"before anything from torchtitan (the first import of the script)."
-    )
-
-import torch.distributed as dist  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torchtitan.components.dataloader import BaseDataLoader  # noqa: E402
-from torchtitan.config import ConfigManager  # noqa: E402
-from torchtitan.protocols import train_spec as registry  # noqa: E402
-from torchtitan.protocols.model import BaseModelArgs  # noqa: E402
-from torchtitan.protocols.train_spec import TrainSpec, get_train_spec  # noqa: E402
-
-from ..specs import register_recipe_spec  # noqa: E402
-from .data import UNSTATEFUL_LOADER_POLICIES, ResumableLoader, _is_loader_factory, wrap_loader  # noqa: E402
-from .model import FactoryModelArgs, _FactoryModel, _name, _parallelize, data_parallel  # noqa: E402
-from .optim import InjectedLRSchedulers, InjectedOptimizers, check_unique_fqns  # noqa: E402
+from .. import preemption
+from ..config import load_toml, validate_job_config
+from ..errors import ConfigError
+from ..specs import register_recipe_spec
+from .data import UNSTATEFUL_LOADER_POLICIES, ResumableLoader, _is_loader_factory, wrap_loader
+from .model import FactoryModelArgs, _FactoryModel, _name, _parallelize, data_parallel
+from .optim import InjectedLRSchedulers, InjectedOptimizers, check_unique_fqns
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +240,10 @@ def build_trainer(config, overrides=None, **components):
     and preemption saves) built with the injected ``components`` (see :func:`build_train_spec`), for
     callers that drive it themselves (``trainer.train()``, ``trainer.close()``). Absent distributed
     environment variables are set (:func:`distributed_env`) and left set."""
-    if RecipeTrainer is None:
-        raise RuntimeError(_NOT_READY)
+    if NOT_READY:
+        raise RuntimeError(NOT_READY)
+    from ..trainer import RecipeTrainer
+
     distributed_env()
     job_config = load_job_config(config, overrides)
     spec = build_train_spec(job_config, **components)
@@ -310,10 +297,8 @@ def train(config, overrides=None, **components):
     ``launch.preempt_exit_code`` after saving, as a recipe launch does."""
     from torchtitan.tools.logging import init_logger
 
-    from .. import train as recipe_train
-
     init_logger()
-    recipe_train._preempted.clear()  # a launch of this process that stopped for a signal earlier
+    preemption.preempted.clear()  # a launch of this process that stopped for a signal earlier
     added = distributed_env()
     own_group = not dist.is_initialized()
     trainer = None
@@ -327,9 +312,9 @@ def train(config, overrides=None, **components):
             dist.destroy_process_group()
         for key in added:
             os.environ.pop(key, None)
-    if recipe_train._preempted:
-        logger.info(recipe_train._preempted["line"])
-        raise SystemExit(recipe_train._preempted["code"])
+    if preemption.preempted:
+        logger.info(preemption.preempted["line"])
+        raise SystemExit(preemption.preempted["code"])
     return trainer
 
 

@@ -5,7 +5,6 @@ DataLoader, per-rank state for other Stateful loaders, and the policy for loader
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +12,8 @@ import torch
 from torch.distributed.checkpoint.stateful import Stateful
 from torchtitan.components.dataloader import BaseDataLoader
 
-from ..data.common import protect_workers, signals_blocked
+from ..data import state as codec
+from ..data.workers import protect_workers, signals_blocked
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +122,13 @@ class _RankStateLoader(BaseDataLoader):
             return iter(self.loader)
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"dp_rank_{self.dp_rank}": pickle.dumps(self.loader.state_dict()), "world_size": self.dp_world_size}
+        return codec.encode_per_rank(self.dp_rank, self.dp_world_size, self.loader.state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if state_dict.get("world_size") != self.dp_world_size:
-            raise ValueError(
-                f"The checkpoint's data loader state was written with data-parallel degree "
-                f"{state_dict.get('world_size')}, this run has {self.dp_world_size}: an injected loader keeps one "
-                f"state per rank, so resume with the same degree."
-            )
-        self.loader.load_state_dict(pickle.loads(state_dict[f"dp_rank_{self.dp_rank}"]))
+        state = codec.decode_per_rank(state_dict, self.dp_rank, self.dp_world_size,
+                                      what=f"The injected data loader {type(self.loader).__name__}")
+        if state is not None:
+            self.loader.load_state_dict(state)
 
 
 class _RestartingLoader(BaseDataLoader):

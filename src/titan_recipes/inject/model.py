@@ -15,7 +15,7 @@ from torchtitan.protocols.model import BaseModelArgs
 from torchtitan.protocols.train_spec import TrainSpec
 
 from .. import cpu
-from ..config import ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
