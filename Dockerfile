@@ -14,7 +14,7 @@
 # nvidia-*-cu12 wheels and a 12.8 base image): GPU_LOCK=env/gpu-cu128.lock nox -s image.
 #
 # NCCL: one copy, the nvidia-nccl-cu13 wheel of the lock (the one torch was built and tested with). The
-# CUDA "base" flavour has no libnccl2 (the runtime/devel flavours do), and verify-image below fails the
+# CUDA "base" flavour has no libnccl2 (the runtime/devel flavours do), and `image verify` below fails the
 # build if any other libnccl.so exists in the image. Cluster network plugins (aws-ofi-nccl, the CSCS
 # hook) are injected at run time and work with this NCCL.
 #
@@ -91,7 +91,7 @@ ENV TITAN_RECIPES_IMAGE="${IMAGE_TAG}" \
 
 # The build checks itself: installed versions == lock, Python == image.python, the labels' versions ==
 # lock, one libnccl (the wheel's) anywhere in the image, `pip check` clean but for streaming's extras.
-RUN python -m titan_recipes.container verify-image --lock "/opt/titan-recipes/${GPU_LOCK}" \
+RUN python -m titan_recipes.cli image verify --lock "/opt/titan-recipes/${GPU_LOCK}" \
         --nccl-root /usr --nccl-root /opt --nccl-root /lib \
         --expect "torch=${TORCH_VERSION}" --expect "torchtitan=${TORCHTITAN_VERSION}" \
         --expect "nccl=${NCCL_VERSION}" --expect "python=${PYTHON_VERSION}" --expect "cuda-image=${CUDA_IMAGE}"

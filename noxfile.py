@@ -129,19 +129,24 @@ def bench(session: nox.Session) -> None:
     session.run(py, str(ROOT / "scripts" / "bench_mixture.py"), "--out", str(ROOT / "runs" / "bench"), external=True)
 
 
-# Container sessions. titan_recipes/container.py builds every command line (tests/unit/test_container.py
-# checks them); these sessions only run them. README, "On a cluster".
+# Container sessions. The package titan_recipes.image builds every command line
+# (tests/unit/test_container.py checks them); these sessions only run them. README, "On a cluster".
 IMAGE_PY = Path("/opt/venv/bin/python")  # the image's interpreter (Dockerfile)
 
 
 def _container():
-    """src/titan_recipes/container.py, loaded by path: it needs only the standard library, so `image` and
-    `enroot` run with nox's own Python on a build machine that has no .venv and no torch."""
+    """The package src/titan_recipes/image, loaded by path under the name ``titan_recipes_image``: it
+    needs only the standard library and its modules import each other relatively, so `image` and
+    `enroot` run with nox's own Python on a build machine that has no .venv, no torch and no installed
+    titan-recipes (nothing is added to sys.path)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("titan_recipes_container", ROOT / "src" / "titan_recipes" / "container.py")
+    package = ROOT / "src" / "titan_recipes" / "image"
+    spec = importlib.util.spec_from_file_location(
+        "titan_recipes_image", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
+    sys.modules[spec.name] = module  # dataclasses and the relative imports look their package up here
     spec.loader.exec_module(module)
     return module
 
@@ -195,4 +200,4 @@ def gpu(session: nox.Session) -> None:
     ``nox -s gpu [-- recipes/debug --nproc 8 [-- --training.steps 50]]``. Interpreter: $PYTHON, else the
     image's /opt/venv/bin/python inside the image, else .venv (a CPU build: the session then says so)."""
     py = os.environ.get("PYTHON") or (str(IMAGE_PY) if IMAGE_PY.exists() else pinned_env(session))
-    session.run(py, "-m", "titan_recipes.container", "gpu", *(session.posargs or ["recipes/debug"]), external=True)
+    session.run(py, "-m", "titan_recipes.cli", "image", "gpu", *(session.posargs or ["recipes/debug"]), external=True)

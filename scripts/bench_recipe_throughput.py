@@ -14,7 +14,7 @@ and allocator warm-up), prints both and the ratio recipe / random, and writes
 runs compare``.
 
 On a GPU node this is the real measurement: the recipe passes when its tokens/s are at least the
-random baseline's (ratio >= 1 - --tolerance, the run-to-run noise) and at least the FACTS.md anchor of
+random baseline's (ratio >= 1 - --tolerance, the run-to-run noise) and at least the measured torchtitan anchor of
 vanilla torchtitan (H100, 1B, bs 4 x 4096, bf16 + compile: 57,800 tok/s, 52.8% MFU). Without a GPU,
 run_train.sh picks the recipe's CPU smoke config, and the figures only demonstrate the procedure.
 """
@@ -33,13 +33,13 @@ sys.path.insert(0, str(REPO / "src"))
 
 from titan_recipes.fixtures import launch_recipe  # noqa: E402
 from titan_recipes.records import RUN_FILE, TPS_KEY, read_metrics  # noqa: E402
+from titan_recipes.run_files import MFU_KEY  # noqa: E402
 
 ANCHOR = {"device": "H100", "tokens_per_s": 57_800.0, "mfu_percent": 52.8,
           "what": "vanilla torchtitan 0.2.2, random tokens, Llama-3.2-1B shape, bs 4 x 4096, bf16 + compile, 1 GPU"}
-"""FACTS.md: the random-token ceiling the 1B recipe must reach on one H100."""
+"""Measured with vanilla torchtitan 0.2.2: the random-token ceiling the 1B recipe must reach on one H100."""
 TARGET_BF16_TOKENS_PER_S = 60_000.0
 """The 1B recipe's aim past the anchor on one H100 (bf16)."""
-MFU_KEY = "mfu(%)"
 
 
 def steady_mean(rows: list[dict], key: str, warmup: int) -> tuple[float | None, int]:

@@ -17,7 +17,7 @@ import numpy as np
 from .data.mds import SHARD_HASH, TOKEN_DTYPE, TOKENS_COLUMN, import_streaming
 
 H100_1B_TOKENS_PER_S = 57_800.0
-"""Tokens/s one H100 consumes training the 1B model (FACTS.md)."""
+"""Tokens/s one H100 consumes training the 1B model: vanilla torchtitan 0.2.2 on random tokens, one H100 80GB, torch 2.11.0+cu130, bf16, compile, 4 x 4096 tokens."""
 H100_DEBUGMODEL_TOKENS_PER_S = 690_000.0
 """Tokens/s one H100 consumes training llama3 debugmodel (approximate)."""
 

@@ -14,9 +14,23 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
+
+# Metric keys of a metrics.jsonl row: the one place their names are spelled (torchtitan's logger names the
+# first five; titan_recipes.domain_loss writes the per-domain prefixes, ``<prefix><domain>``).
 LOSS_KEY = "loss_metrics/global_avg_loss"
 TPS_KEY = "throughput(tps)"
+"""Tokens per second per device."""
+MFU_KEY = "mfu(%)"
+"""Model FLOPs utilisation against the device's peak bf16 FLOPS, in percent."""
+TFLOPS_KEY = "tflops"
+"""Achieved TFLOPS per device."""
 PEAK_MEMORY_KEY = "memory/max_reserved(GiB)"
+LOSS_DOMAIN_PREFIX = "loss_domain/"
+"""Mean loss per token of one domain of a mixture, on logged steps."""
+TOKENS_DOMAIN_PREFIX = "tokens_domain/"
+"""Tokens of one domain that went into its ``loss_domain/`` mean on a logged step."""
+MIXTURE_WEIGHT_PREFIX = "mixture_weight/"
+"""Weight of one domain in the chunk being read."""
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

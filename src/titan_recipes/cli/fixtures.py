@@ -1,36 +1,27 @@
-"""``titan-recipes`` command line.
+"""``titan-recipes fixtures``: show, check, verify and record a recipe's expected-loss fixtures.
 
     titan-recipes fixtures show   RECIPE_DIR
     titan-recipes fixtures check  RECIPE_DIR RUN_DIR [--key KEY]
     titan-recipes fixtures verify RECIPE_DIR [--nproc N]        # run the recipe, then check it
     titan-recipes fixtures regen  RECIPE_DIR [--nproc N] [--repeats R] [-- --section.key value ...]
                                   # native repeats (bitwise equal) + one run per CPU kernel variant
-    titan-recipes mixture serve    INDEX_DIR [--host 127.0.0.1] [--port 7777]   # served mode of the mixture engine
-    titan-recipes mixture register INDEX_DIR DATA_PATH --name NAME [--parser slimpajama|pile]
-    titan-recipes mixture stats    INDEX_DIR [--property P] [--query JSON]
-    titan-recipes mixture download-slimpajama OUT [--chunks 1] [--files N]  # needs internet access
-    titan-recipes mixture plot     RUN_DIR [-o PNG]                             # per-domain loss + weights
-    titan-recipes runs list [DIR] | compare RUN_A RUN_B | plot RUN [--recipe R] [-o PNG]   # run records
-    titan-recipes new SRC_RECIPE DST_DIR [--name NAME]        # copy a recipe, fixtures cleared
 
-``check`` and ``verify`` print |diff| against the tolerance per step and exit 1 on a mismatch.
+``check`` and ``verify`` print |diff| against the tolerance per step and exit 1 on a mismatch; a
+:class:`~titan_recipes.fixtures.FixtureError` prints ``error: ...`` and exits 2. The fixture logic is
+:mod:`titan_recipes.fixtures`; this module only parses arguments, launches and prints.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from . import fixtures as fx
-from .data.mixture.cli import add_mixture_commands
-from .runs_cli import register as register_runs_commands
-
-RUNS_DIR = fx.REPO_ROOT / "runs"
+from .. import fixtures as fx
+from . import reports
+from .runs import RUNS_DIR
 
 
 def _new_run_dir(recipe_dir: Path, tag: str) -> Path:
@@ -46,6 +37,7 @@ def _launch_or_fail(recipe_dir: Path, nproc: int, overrides: list[str], run_dir:
         raise SystemExit(f"training failed (exit {proc.returncode}); log in {run_dir}/train.log")
 
 
+@reports(fx.FixtureError)
 def cmd_show(args) -> int:
     data = fx.load_fixture(args.recipe)
     for key, entry in data["entries"].items():
@@ -63,12 +55,14 @@ def cmd_show(args) -> int:
     return 0
 
 
+@reports(fx.FixtureError)
 def cmd_check(args) -> int:
     result = fx.check_run(args.recipe, args.run, key=args.key)
     print(result.table())
     return 0 if result.ok else 1
 
 
+@reports(fx.FixtureError)
 def cmd_verify(args) -> int:
     key = fx.current_key(args.nproc)
     entry = fx.get_entry(args.recipe, key)
@@ -79,6 +73,7 @@ def cmd_verify(args) -> int:
     return 0 if result.ok else 1
 
 
+@reports(fx.FixtureError)
 def cmd_regen(args) -> int:
     """Record this machine's entry: ``--repeats`` native runs (which must agree bitwise on CPU), then on
     CPU one run per kernel variant; the tolerance comes from the largest spread seen."""
@@ -127,9 +122,8 @@ def cmd_regen(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="titan-recipes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub) -> None:
+    """Add ``fixtures {show,check,verify,regen}`` to the ``titan-recipes`` subcommands ``sub``."""
     fix = sub.add_parser("fixtures", help="expected-loss fixtures").add_subparsers(dest="action", required=True)
 
     p = fix.add_parser("show", help="list a recipe's fixture entries")
@@ -152,27 +146,4 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2,
                    help="native runs; CPU runs must agree bitwise (then one run per kernel variant), GPU runs give the spread")
-    p.set_defaults(func=cmd_regen)
-    add_mixture_commands(sub)
-    register_runs_commands(sub)  # runs list/compare/plot, new
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
-    if getattr(args, "action", None) == "regen":
-        args.overrides = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return args.func(args)
-    except fx.FixtureError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    p.set_defaults(func=cmd_regen, overrides=[])  # main() fills overrides with the arguments after `--`

@@ -19,11 +19,11 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from .fixtures import FIXTURE_FILE, REPO_ROOT
+from ..fixtures import FIXTURE_FILE, REPO_ROOT
+from . import reports
 
 
 REPO_LINE = 'REPO="$(cd "${HERE}/../.." && pwd)"'
@@ -81,11 +81,17 @@ def copy_recipe(src: Path, dst: Path, name: str | None = None) -> Path:
     return dst
 
 
+@reports(NewRecipeError)
 def cmd_new(args) -> int:
-    try:
-        dst = copy_recipe(args.src, args.dst, args.name)
-    except NewRecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dst = copy_recipe(args.src, args.dst, args.name)
     print(f"new recipe {args.name or dst.name} in {dst} (from {args.src}); fixtures cleared. Train it: {dst}/run_train.sh")
     return 0
+
+
+def register(sub) -> None:
+    """Add ``new`` to the ``titan-recipes`` subcommands ``sub``."""
+    p = sub.add_parser("new", help="copy a recipe into a new directory with a fresh name and no fixtures")
+    p.add_argument("src", type=Path, help="recipe directory to copy, e.g. recipes/debug")
+    p.add_argument("dst", type=Path, help="new directory (recipes/<name> keeps the copy inside the repository)")
+    p.add_argument("--name", help="recipe name (default: the last part of DST)")
+    p.set_defaults(func=cmd_new)

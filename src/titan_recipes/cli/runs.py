@@ -1,9 +1,8 @@
-"""``titan-recipes runs`` and ``titan-recipes new``: look at run records, start an experiment.
+"""``titan-recipes runs``: look at run records.
 
     titan-recipes runs list    [DIR]                                   # table of the runs under DIR (runs/)
     titan-recipes runs compare RUN_A RUN_B                             # config diff + per-step losses
     titan-recipes runs plot    RUN [--recipe R] [--key K] [-o out.png]  # loss vs the recipe's fixture
-    titan-recipes new          SRC_RECIPE DST_DIR [--name NAME]         # copy a recipe (titan_recipes.new)
 
 A run directory is what a launch wrote (:mod:`titan_recipes.records`): ``run.json``, ``metrics.jsonl``
 and, once the launch ended, ``summary.json``. A run without one (still training, killed hard, or
@@ -11,19 +10,20 @@ recorded before summaries existed) is summarized from its metrics: exit ``comple
 ``stop_at_step`` / ``preempted`` when its last step says so, ``unfinished?`` otherwise. ``plot`` finds the recipe from the run's
 config file (``recipes/<name>/train.toml`` -> ``recipes/<name>``) unless ``--recipe`` is given, and draws
 the fixture entry of the run's key (device, torch, world size) when the recipe has one.
+
+Reading a run needs only :mod:`titan_recipes.run_files`; :mod:`titan_recipes.records` (torch) is
+imported only to summarize a run that has no ``summary.json``, matplotlib only to plot.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from . import fixtures as fx
-from . import records
-from .train import PREEMPTED_FILE
+from .. import fixtures as fx
+from .. import run_files
+from . import reports
 
 RUNS_DIR = fx.REPO_ROOT / "runs"
 
@@ -32,16 +32,7 @@ class RunsError(RuntimeError):
     """A run directory is missing or unreadable, or the arguments do not fit the runs found."""
 
 
-def _reports_errors(func):
-    @functools.wraps(func)
-    def wrapper(args) -> int:
-        try:
-            return func(args)
-        except (RunsError, fx.FixtureError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapper
+_reports_errors = reports(RunsError, fx.FixtureError)
 
 
 # -- reading a run ---------------------------------------------------------------------------------
@@ -51,19 +42,22 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """``run.json`` of ``run_dir``, with ``summary`` (``summary.json``, or one computed from
     ``metrics.jsonl`` when the launch has not written it) and ``rows`` (merged metrics rows)."""
     run_dir = Path(run_dir)
-    path = run_dir / records.RUN_FILE
+    path = run_dir / run_files.RUN_FILE
     if not path.is_file():
         raise RunsError(f"{path} not found: {run_dir} is not a titan-recipes run directory (run_train.sh writes one).")
     try:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunsError(f"{path} is not valid JSON: {e}") from None
-    metrics = run_dir / records.METRICS_FILE
-    rows = records.read_metrics(metrics) if metrics.is_file() else []
-    summary_path = run_dir / records.SUMMARY_FILE
+    metrics = run_dir / run_files.METRICS_FILE
+    rows = run_files.read_metrics(metrics) if metrics.is_file() else []
+    summary_path = run_dir / run_files.SUMMARY_FILE
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
     else:
+        from .. import records  # imports torch: only for a run without summary.json
+        from ..preemption import PREEMPTED_FILE
+
         cfg = info.get("config", {})
         stats = records.LaunchStats.of(rows)
         summary = records.summarize(
@@ -106,9 +100,9 @@ def cmd_list(args) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise RunsError(f"{root} is not a directory; runs are written under {RUNS_DIR} unless RUN_DIR says otherwise.")
-    runs = sorted(p.parent for p in root.glob(f"*/{records.RUN_FILE}"))
+    runs = sorted(p.parent for p in root.glob(f"*/{run_files.RUN_FILE}"))
     if not runs:
-        print(f"no run directories (with {records.RUN_FILE}) under {root}")
+        print(f"no run directories (with {run_files.RUN_FILE}) under {root}")
         return 0
     table = []
     for run_dir in runs:
@@ -144,8 +138,8 @@ def cmd_compare(args) -> int:
             for k in sorted(set(ca) | set(cb)) if ca.get(k, "<absent>") != cb.get(k, "<absent>")]
     print(f"A = {a['dir']}\nB = {b['dir']}\n")
     print(_table(["config key", "A", "B"], diff) if diff else "configs are identical")
-    la = {r["step"]: r[records.LOSS_KEY] for r in a["rows"] if records.LOSS_KEY in r}
-    lb = {r["step"]: r[records.LOSS_KEY] for r in b["rows"] if records.LOSS_KEY in r}
+    la = {r["step"]: r[run_files.LOSS_KEY] for r in a["rows"] if run_files.LOSS_KEY in r}
+    lb = {r["step"]: r[run_files.LOSS_KEY] for r in b["rows"] if run_files.LOSS_KEY in r}
     rows = []
     for step in sorted(set(la) | set(lb)):
         x, y = la.get(step), lb.get(step)
@@ -162,9 +156,9 @@ def cmd_compare(args) -> int:
 @_reports_errors
 def cmd_plot(args) -> int:
     run = load_run(args.run)
-    losses = {r["step"]: r[records.LOSS_KEY] for r in run["rows"] if records.LOSS_KEY in r}
+    losses = {r["step"]: r[run_files.LOSS_KEY] for r in run["rows"] if run_files.LOSS_KEY in r}
     if not losses:
-        raise RunsError(f"{args.run} logged no losses ({records.METRICS_FILE} has no '{records.LOSS_KEY}' rows).")
+        raise RunsError(f"{args.run} logged no losses ({run_files.METRICS_FILE} has no '{run_files.LOSS_KEY}' rows).")
     recipe = Path(args.recipe) if args.recipe else recipe_of(run)
     key = args.key or fx.run_key(args.run)
     comparison, note = None, None
@@ -236,9 +230,7 @@ def plot_losses(path: Path, actual: dict[int, float], comparison: "fx.Comparison
 
 
 def register(sub) -> None:
-    """Add ``runs`` and ``new`` to the ``titan-recipes`` subcommands ``sub``."""
-    from .new import cmd_new
-
+    """Add ``runs {list,compare,plot}`` to the ``titan-recipes`` subcommands ``sub``."""
     runs = sub.add_parser("runs", help="list, compare and plot run records").add_subparsers(dest="action", required=True)
     p = runs.add_parser("list", help="one line per run directory under DIR")
     p.add_argument("dir", nargs="?", default=str(RUNS_DIR), help="default: the repository's runs/")
@@ -255,9 +247,3 @@ def register(sub) -> None:
     p.add_argument("--key", help="fixture key (default: derived from the run's device, torch and world size)")
     p.add_argument("-o", "--output", help="PNG path (default: RUN/loss.png)")
     p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser("new", help="copy a recipe into a new directory with a fresh name and no fixtures")
-    p.add_argument("src", type=Path, help="recipe directory to copy, e.g. recipes/debug")
-    p.add_argument("dst", type=Path, help="new directory (recipes/<name> keeps the copy inside the repository)")
-    p.add_argument("--name", help="recipe name (default: the last part of DST)")
-    p.set_defaults(func=cmd_new)
