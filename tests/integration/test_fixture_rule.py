@@ -71,7 +71,7 @@ def _corpus_with_one_sample_changed(window: int, out: Path) -> Path:
     torchtitan's HuggingFaceTokenizer with BOS/EOS per document)."""
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
-    from titan_recipes.data.text import read_documents
+    from titan_recipes.data.text.loader import read_documents
 
     tokenizer = HuggingFaceTokenizer(str(TOKENIZER))
 

@@ -8,7 +8,7 @@ import pytest
 
 from launching import DEBUG_RECIPE, assert_ok, launch
 from titan_recipes.data.mds import write_mds
-from titan_recipes.data.text import read_documents, resolve_text_path
+from titan_recipes.data.text.loader import read_documents, resolve_text_path
 from titan_recipes.records import read_metrics
 
 TOKENIZER = DEBUG_RECIPE.parents[1] / "assets" / "tokenizers" / "shakespeare-bpe-2048"

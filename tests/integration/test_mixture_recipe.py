@@ -14,9 +14,9 @@ import pytest
 
 from launching import REPO, assert_ok, launch
 from titan_recipes import fixtures as fx
-from titan_recipes.data.common import DataError
+from titan_recipes.errors import DataError
 from titan_recipes.data.mixture.plot import plot_domains
-from titan_recipes.data.mixture.server import free_port, spawn_server
+from titan_recipes.data.mixture.spawn import free_port, spawn_server
 from titan_recipes.records import read_metrics
 
 RECIPE = REPO / "recipes" / "mixtera_slimpajama"

@@ -49,7 +49,7 @@ from titan_recipes.train import PREEMPTED_FILE
 
 STEPS = 5
 MID_STEP = 2  # "mid": signal once this step is logged
-FIRST_BATCH = "samples per step from global sample 0"  # logged by each rank at its first batch (data/common.py)
+FIRST_BATCH = "samples per step from global sample 0"  # logged by each rank at its first batch (data/global_order.py)
 TIMEOUT_S = 900  # generous: the CPUs of this machine are shared
 COMMON = ("--training.steps", str(STEPS), "--training.local_batch_size", "2", "--checkpoint.interval", "100")
 WORKER_KEY = {  # where each recipe's loader takes its worker count

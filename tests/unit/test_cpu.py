@@ -149,8 +149,8 @@ def test_any_train_spec_gets_the_recipe_components_by_name():
     """model.name = "recipes.<base>" works for any TrainSpec torchtitan knows, not only llama3."""
     from torchtitan.protocols.train_spec import get_train_spec
 
-    from titan_recipes.config import ConfigError
-    from titan_recipes.data import build_dataloader
+    from titan_recipes.errors import ConfigError
+    from titan_recipes.data.registry import build_dataloader
     from titan_recipes.specs import register_recipe_spec
 
     assert register_recipe_spec("recipes.qwen3") == "recipes.qwen3"

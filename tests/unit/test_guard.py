@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import titan_recipes  # noqa: F401  (triton stand-in before torchtitan)
-from titan_recipes.config import ConfigError, Launch, validate_launch
+from titan_recipes.errors import ConfigError
+from titan_recipes.config import Launch, validate_launch
 from titan_recipes.guard import DivergenceError, DivergenceGuard, assert_finite_weights
 
 

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from titan_recipes import inject
-from titan_recipes.config import ConfigError
+from titan_recipes.errors import ConfigError
+from titan_recipes.data import state as state_codec
 
 REPO_CONFIG = "recipes/debug/train.toml"
 
@@ -125,7 +126,7 @@ def test_a_stateful_loader_keeps_its_state_per_rank():
     inner = inject.ResumableLoader(_batches())
     wrapped = inject.wrap_loader(inner, dp_rank=1, dp_world_size=2, checkpointing=True)
     state = wrapped.state_dict()
-    assert set(state) == {"dp_rank_1", "world_size"}
+    assert set(state) == {state_codec.rank_key(1), state_codec.WORLD_SIZE}
     other = inject.wrap_loader(inject.ResumableLoader(_batches()), dp_rank=1, dp_world_size=4, checkpointing=True)
     with pytest.raises(ValueError, match=r"written with data-parallel degree 2, this run has 4"):
         other.load_state_dict(state)

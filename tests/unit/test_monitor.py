@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from titan_recipes.config import ConfigError, validate_monitor
+from titan_recipes.errors import ConfigError
+from titan_recipes.config import validate_monitor
 from titan_recipes.monitor import ActivationMonitor, OptimizerMonitor
 
 LR, BETAS, EPS = 0.01, (0.9, 0.999), 1e-8

@@ -17,7 +17,7 @@ import pytest
 
 import titan_recipes  # noqa: F401  (triton stand-in before torchtitan)
 from titan_recipes.config import validate_job_config
-from titan_recipes.runs_cli import flatten
+from titan_recipes.cli.runs import flatten
 from torchtitan.config import ConfigManager
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import titan_recipes  # noqa: F401  (registers the triton stand-in before torchtitan is imported)
-from titan_recipes.config import ConfigError
+from titan_recipes.errors import ConfigError
 from titan_recipes.specs import EXTRA_FLAVORS, register_recipe_spec
 from torchtitan.models.llama3 import llama3_args
 from torchtitan.protocols.train_spec import get_train_spec

@@ -2,7 +2,7 @@
 
 Data is written by the real writers: MDS by ``write_mds`` (streaming's ``MDSWriter``, xxh64 hashes in
 index.json), Megatron .bin/.idx by megatron-core's ``IndexedDatasetBuilder``, the mixture index by
-``MixteraIndex.register_dataset``. Then one byte is flipped, a file truncated, edited or deleted, and
+``SampleIndex.register_dataset``. Then one byte is flipped, a file truncated, edited or deleted, and
 the loader (or index) that training uses reads it. What stays undetectable is listed in
 ``titan_recipes.data.integrity``.
 """
@@ -13,19 +13,20 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from batches import take, write_jsonl
+from configs import job_config
 
-from titan_recipes.config import BlendCorpus, MosaicDataloader, MosaicDataset
-from titan_recipes.data import build_dataloader
-from titan_recipes.data.common import DataError
-from titan_recipes.data.megatron_format import MegatronShard, bin_path, idx_path
+from titan_recipes.data.blendcorpus.config import BlendCorpus
+from titan_recipes.data.mds.config import MosaicDataloader, MosaicDataset
+from titan_recipes.data.registry import build_dataloader
+from titan_recipes.errors import DataError
+from titan_recipes.data.blendcorpus.megatron_format import MegatronShard, bin_path, idx_path
 from titan_recipes.data.mds import StreamSpec, MDSLoader, write_mds
-from titan_recipes.data.mixture import MixteraIndex
+from titan_recipes.data.mixture import SampleIndex
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TOKENIZER_DIR = REPO_ROOT / "assets" / "tokenizers" / "shakespeare-bpe-2048"
@@ -92,12 +93,10 @@ def test_mds_flipped_compressed_byte_fails_validate_hash(tmp_path, mds_src):
         read_epoch(mds_loader(data, validate_hash="xxh64"))
 
 
-def mds_job(directory: Path) -> SimpleNamespace:
-    return SimpleNamespace(
-        training=SimpleNamespace(dataset="mds", dataset_path=None, seq_len=16, local_batch_size=8),
-        model=SimpleNamespace(hf_assets_path=str(TOKENIZER_DIR)),
-        mosaic_dataloader=MosaicDataloader(dataset=MosaicDataset(local=str(directory), shuffle=False)),
-    )
+def mds_job(directory: Path):
+    return job_config(training={"dataset": "mds", "seq_len": 16, "local_batch_size": 8},
+                      model={"hf_assets_path": str(TOKENIZER_DIR)},
+                      mosaic_dataloader=MosaicDataloader(dataset=MosaicDataset(local=str(directory), shuffle=False)))
 
 
 def test_mds_out_of_vocabulary_token_is_named_without_a_hash(tmp_path, mds_src, tokenizer):
@@ -150,11 +149,10 @@ def blend_data(tmp_path) -> Path:
     return tmp_path
 
 
-def blend_job(data: Path) -> SimpleNamespace:
-    return SimpleNamespace(
-        training=SimpleNamespace(dataset="blendcorpus", dataset_path=str(data / "list.txt"), seq_len=8, local_batch_size=4),
-        blendcorpus=BlendCorpus(data_cache_path=str(data / "cache"), split="100,0,0"),
-    )
+def blend_job(data: Path):
+    return job_config(training={"dataset": "blendcorpus", "dataset_path": str(data / "list.txt"), "seq_len": 8,
+                                "local_batch_size": 4},
+                      blendcorpus=BlendCorpus(data_cache_path=str(data / "cache"), split="100,0,0"))
 
 
 def test_truncated_bin_names_both_files_and_the_fix(blend_data, tokenizer):
@@ -214,9 +212,9 @@ def mixture(tmp_path):
 
     root = tmp_path / "data"
     samples = write_corpus(root)
-    with MixteraIndex(tmp_path / "idx") as index:
+    with SampleIndex(tmp_path / "idx") as index:
         index.register_dataset("sp", root, progress=False)
-    index = MixteraIndex(tmp_path / "idx", read_only=True)
+    index = SampleIndex(tmp_path / "idx", read_only=True)
     yield root, samples, index
     index.close()
 
@@ -227,7 +225,7 @@ def test_jsonl_edited_after_registration_is_named(mixture):
     path = root / "part-00.jsonl"
     assert index.read_texts([0]) == ["part-00.jsonl sample 0 of RedPajamaC4"]
     path.write_bytes(path.read_bytes().replace(b"sample 0 of", b"sample X of", 1))
-    fresh = MixteraIndex(index.directory, read_only=True)  # a new launch, nothing cached
+    fresh = SampleIndex(index.directory, read_only=True)  # a new launch, nothing cached
     for reader in (index, fresh):
         with pytest.raises(DataError, match=rf"Indexed file {path} \(dataset 'sp' of .*index\.duckdb\) changed after "
                                             rf"registration \(size (\d+) -> \1 bytes, mtime_ns \d+ -> \d+\).*"
@@ -248,14 +246,14 @@ def test_index_deleted_during_a_run_is_named(mixture):
             call()
     with pytest.raises(DataError, match=rf"No sample index at {index.path}\. Register the data first \(titan-recipes "
                                         rf"mixture register"):
-        MixteraIndex(index.directory, read_only=True)
+        SampleIndex(index.directory, read_only=True)
 
 
 def test_index_overwritten_in_place_during_a_run_is_named(mixture, tmp_path):
     """``cp other/index.duckdb idx/`` rewrites the open file in place (same inode): DuckDB would read
     pages of another database through its open descriptor."""
     root, samples, index = mixture
-    with MixteraIndex(tmp_path / "other") as other:
+    with SampleIndex(tmp_path / "other") as other:
         other.register_dataset("sp", root / "part-00.jsonl", progress=False)
     shutil.copyfile(tmp_path / "other" / "index.duckdb", index.path)
     with pytest.raises(DataError, match=rf"The sample index {index.path} was replaced or modified while this run "

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from titan_recipes.data.common import Workers, protect_workers, reader_signals, set_preemption_signals, signals_blocked
-from titan_recipes.data.random_tokens import RandomTokenLoader
+from titan_recipes.data.workers import Workers, protect_workers, reader_signals, set_preemption_signals, signals_blocked
+from titan_recipes.data.random_tokens.loader import RandomTokenLoader
 from titan_recipes.inject.data import ResumableLoader
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -103,3 +103,27 @@ def test_signals_are_blocked_only_while_workers_are_forked():
     with signals_blocked():
         assert sigs <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
     assert not sigs & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+EXIT_WITH_LIVE_WORKERS = """
+import titan_recipes
+from titan_recipes.data.random_tokens.loader import RandomTokenLoader
+from titan_recipes.data.workers import Workers
+loader = RandomTokenLoader(vocab_size=50, seq_len=8, seed=1, local_batch_size=2, dp_rank=0, dp_world_size=1,
+                           workers=Workers(num_workers=2))
+it = iter(loader)
+next(it)
+print("read", flush=True)
+"""
+
+
+def test_a_process_exits_while_its_reader_workers_are_alive():
+    """multiprocessing's exit handler terminates daemonic children with SIGTERM and joins them; the reader
+    workers ignore SIGTERM, so without titan_recipes' exit handler this process would never end."""
+    import subprocess
+    import sys
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "read" in proc.stdout, proc.stderr[-2000:]
+    assert time.monotonic() - start < 60

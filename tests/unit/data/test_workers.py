@@ -1,6 +1,6 @@
 """Loader worker processes: the same batches, the same checkpoints, exact resume, with 0 or 2 workers.
 
-Every loader reads micro-batches of one global order (data/common.py). With ``num_workers > 0`` a
+Every loader reads micro-batches of one global order (data/global_order.py). With ``num_workers > 0`` a
 torch DataLoader's worker processes read them; these tests compare, batch for batch with
 ``torch.equal``, against the in-process reader, for DP 1 and 2, across an epoch boundary, and across
 a checkpoint written by one worker setting and loaded by another (or by another DP degree).
@@ -11,18 +11,19 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 from batches import assert_batches_equal, concat_ranks, take, take_ranks, write_jsonl
+from configs import job_config
 from conftest import TOKENIZER_DIR
 
-from titan_recipes.config import ConfigError, MosaicDataloader, MosaicDataset
-from titan_recipes.data import build_dataloader
-from titan_recipes.data.common import Workers
+from titan_recipes.errors import ConfigError
+from titan_recipes.data.mds.config import MosaicDataloader, MosaicDataset
+from titan_recipes.data.registry import build_dataloader
+from titan_recipes.data.workers import Workers
 from titan_recipes.data.mds import MDSLoader, StreamSpec, write_mds
-from titan_recipes.data.text import PackedTextLoader
+from titan_recipes.data.text.loader import PackedTextLoader
 
 B = 4
 TWO = Workers(num_workers=2)
@@ -118,7 +119,7 @@ def test_a_data_error_in_a_worker_reaches_the_trainer(tmp_path, mds_dir):
 
 def test_epoch_wrap_is_logged_once_by_the_training_process(make, caplog):
     loader = make(workers=TWO)
-    with caplog.at_level(logging.WARNING, logger="titan_recipes.data.common"):
+    with caplog.at_level(logging.WARNING, logger="titan_recipes.data.global_order"):
         take(loader, steps_past_one_epoch(loader))
     assert [r.getMessage().split(":")[1].strip()[:16] for r in caplog.records if "entering epoch" in r.getMessage()] == [
         "entering epoch 1"
@@ -133,13 +134,9 @@ def test_worker_settings_are_checked():
 
 
 def job(mds_dir, dataloader=None, **mosaic):
-    return SimpleNamespace(
-        training=SimpleNamespace(dataset="mds", dataset_path=None, seq_len=16, local_batch_size=B,
-                                 dataloader=dataloader or SimpleNamespace(num_workers=0, prefetch_factor=None,
-                                                                          pin_memory=False, persistent_workers=False)),
-        model=SimpleNamespace(hf_assets_path=str(TOKENIZER_DIR)),
-        mosaic_dataloader=MosaicDataloader(dataset=MosaicDataset(local=str(mds_dir)), **mosaic),
-    )
+    return job_config(training={"dataset": "mds", "seq_len": 16, "local_batch_size": B, "dataloader": dataloader or {}},
+                      model={"hf_assets_path": str(TOKENIZER_DIR)},
+                      mosaic_dataloader=MosaicDataloader(dataset=MosaicDataset(local=str(mds_dir)), **mosaic))
 
 
 def test_mosaic_dataloader_keys_configure_the_workers(mds_dir):
@@ -149,18 +146,14 @@ def test_mosaic_dataloader_keys_configure_the_workers(mds_dir):
 
 
 def test_training_dataloader_keys_are_refused_for_mds(mds_dir):
-    other = SimpleNamespace(num_workers=4, prefetch_factor=None, pin_memory=False, persistent_workers=False)
     with pytest.raises(ConfigError, match=r"takes its worker settings from \[mosaic_dataloader\]"):
-        build_dataloader(1, 0, None, job(mds_dir, dataloader=other))
+        build_dataloader(1, 0, None, job(mds_dir, dataloader={"num_workers": 4}))
 
 
 def test_text_loader_follows_training_dataloader(corpus, tokenizer):
-    workers = SimpleNamespace(num_workers=2, prefetch_factor=4, pin_memory=False, persistent_workers=True)
-    config = SimpleNamespace(
-        training=SimpleNamespace(dataset="text", dataset_path=str(corpus.path), seq_len=corpus.seq_len,
-                                 local_batch_size=B, dataloader=workers),
-        text_data=SimpleNamespace(shuffle=True, seed=1234, document_separator="\n\n"),
-    )
+    workers = {"num_workers": 2, "prefetch_factor": 4, "persistent_workers": True}
+    config = job_config(training={"dataset": "text", "dataset_path": str(corpus.path), "seq_len": corpus.seq_len,
+                                  "local_batch_size": B, "dataloader": workers})
     loader = build_dataloader(1, 0, tokenizer, config)
     assert loader.workers == Workers(num_workers=2, prefetch_factor=4, persistent_workers=True)
     assert_batches_equal(take(loader, 3), take(text_loader(corpus, tokenizer), 3))
