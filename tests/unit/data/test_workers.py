@@ -166,7 +166,7 @@ def test_predownload_prepares_upcoming_shards_in_the_background(tmp_path, mds_di
     it = iter(loader)
     next(it)  # reads shard 0 and queues the shards of the next 6 batches
     deadline = time.monotonic() + 30
-    while loader._ahead_pending and time.monotonic() < deadline:
+    while loader._predownload.pending and time.monotonic() < deadline:
         loader.before_batch(loader.consumed_samples)  # collects finished futures
         time.sleep(0.05)
     upcoming = {loader.spanner[int(i)][0] for i in range(B, 7 * B)}

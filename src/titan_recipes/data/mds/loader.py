@@ -118,7 +118,6 @@ class MDSLoader(GlobalOrderLoader):
     spanner = property(lambda self: self.data.spanner, doc="Sample id -> (shard id, row).")
     non_iid = property(lambda self: self.order.non_iid, doc="Each DP rank has its own order (non_iid_streams).")
     choose_per_stream = property(lambda self: self.order.choose_per_stream, doc="Samples per epoch of each stream.")
-    _ahead_pending = property(lambda self: self._predownload.pending, doc="Shards queued for the predownload thread.")
 
     def stream_of(self, sample_id: int) -> int:
         """Index (in :attr:`specs`) of the stream a sample id belongs to."""
