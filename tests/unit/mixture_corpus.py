@@ -78,3 +78,24 @@ def write_corpus(directory: Path) -> list[Sample]:
         else:
             path.write_bytes(data)
     return samples
+
+
+@dataclass
+class RegisteredCorpus:
+    root: Path
+    """The corpus files (:func:`write_corpus`)."""
+    index_dir: Path
+    """A sample index with the corpus registered as dataset ``sp``."""
+    samples: list[Sample]
+
+
+def registered_corpus(tmp_path_factory, parser=None) -> RegisteredCorpus:
+    """The test corpus written and registered into a fresh sample index (``parser``: the registration's)."""
+    from titan_recipes.data.mixture import SampleIndex
+
+    root = tmp_path_factory.mktemp("corpus")
+    samples = write_corpus(root)
+    index_dir = tmp_path_factory.mktemp("index")
+    with SampleIndex(index_dir) as index:
+        index.register_dataset("sp", root, progress=False, **({"parser": parser} if parser is not None else {}))
+    return RegisteredCorpus(root=root, index_dir=index_dir, samples=samples)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from configs import job_config
-from mixture_corpus import C4, GITHUB, WIKI, write_corpus
+from mixture_corpus import C4, GITHUB, WIKI, registered_corpus
 from torchtitan.components.loss import cross_entropy_loss
 from torchtitan.distributed.parallel_dims import ParallelDims
 
@@ -24,12 +24,7 @@ WEIGHTS = {C4: 0.5, GITHUB: 0.3, WIKI: 0.2}
 
 @pytest.fixture(scope="module")
 def loader(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("corpus")
-    write_corpus(root)
-    index_dir = tmp_path_factory.mktemp("index")
-    with SampleIndex(index_dir) as index:
-        index.register_dataset("sp", root, progress=False)
-    index = SampleIndex(index_dir, read_only=True)
+    index = SampleIndex(registered_corpus(tmp_path_factory).index_dir, read_only=True)
     yield MixtureLoader(
         index=index, mixture=StaticMixture(WEIGHTS, "redpajama_set_name"), tokenizer=tokenizer, seq_len=16,
         local_batch_size=4, dp_rank=0, dp_world_size=1, chunk_size=10, seed=3, emit_domain_ids=True,

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from mixture_corpus import C4, GITHUB, WIKI, write_corpus
+from mixture_corpus import C4, GITHUB, WIKI, registered_corpus
 
 from titan_recipes.errors import DataError
 from titan_recipes.data.mixture import SampleIndex, StaticMixture
@@ -36,12 +35,7 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    write_corpus(root)
-    index_dir = tmp_path_factory.mktemp("index")
-    with SampleIndex(index_dir) as w:
-        w.register_dataset("sp", root, progress=False)
-    index = SampleIndex(index_dir, read_only=True)
+    index = SampleIndex(registered_corpus(tmp_path_factory).index_dir, read_only=True)
     yield index
     index.close()
 

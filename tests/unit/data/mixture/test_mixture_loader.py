@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from configs import job_config
-from mixture_corpus import ARXIV, BOOK, C4, GITHUB, WIKI, write_corpus
+from mixture_corpus import ARXIV, BOOK, C4, GITHUB, WIKI, registered_corpus
 
 from titan_recipes.data.mixture.config import Ado
 from titan_recipes.errors import ConfigError, DataError, FingerprintMismatchError
-from titan_recipes.data.registry import SOURCES, build_dataloader, find_source, source_names
+from titan_recipes.data.registry import build_dataloader, find_source
 from titan_recipes.data.workers import Workers
 from titan_recipes.data.mixture import ChunkPlanner, SampleIndex, StaticMixture, TextReader, chunk_counts
 from titan_recipes.data.mixture.ado import AdoMixture
@@ -32,12 +31,7 @@ B = 4
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    samples = write_corpus(root)
-    index_dir = tmp_path_factory.mktemp("index")
-    with SampleIndex(index_dir) as index:
-        index.register_dataset("sp", root, progress=False)
-    return SimpleNamespace(root=root, index_dir=index_dir, samples=samples)
+    return registered_corpus(tmp_path_factory)
 
 
 @pytest.fixture()

@@ -15,13 +15,12 @@ import struct
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zstd
-from mixture_corpus import ARXIV, BOOK, C4, GITHUB, TOTALS, WIKI, write_corpus
+from mixture_corpus import ARXIV, BOOK, C4, GITHUB, TOTALS, WIKI, registered_corpus
 
 from titan_recipes import cli
 from titan_recipes.errors import ConfigError, DataError
@@ -56,12 +55,7 @@ class QualityParser(MetadataParser):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    samples = write_corpus(root)
-    index_dir = tmp_path_factory.mktemp("index")
-    with SampleIndex(index_dir) as index:
-        index.register_dataset("sp", root, parser=QualityParser(), progress=False)
-    return SimpleNamespace(root=root, index_dir=index_dir, samples=samples)
+    return registered_corpus(tmp_path_factory, parser=QualityParser())
 
 
 @pytest.fixture(scope="module")
