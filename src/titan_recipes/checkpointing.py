@@ -37,7 +37,7 @@ from typing import Any
 from torch.distributed.checkpoint.api import CheckpointException
 from torchtitan.components.checkpoint import DATALOADER, LR_SCHEDULER, MODEL, OPTIMIZER, CheckpointManager
 
-from .checkpoint_steps import checkpoint_kind, checkpoint_steps, describe_resume_point, newest_full_step  # noqa: F401
+from .checkpoint_steps import checkpoint_steps, describe_resume_point
 
 logger = logging.getLogger(__name__)
 

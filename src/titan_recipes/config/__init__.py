@@ -46,11 +46,14 @@ JobConfig = build_job_config_class()
 
 
 def validate_config(config: Any) -> None:
-    """Every check of a parsed config that needs no model: types, ranges, then each section's own."""
+    """Every check of a parsed config that needs no model: types, ranges, then each section's own
+    ``validate(config)`` (ours: [launch], [monitor]; then every data source's)."""
     validate_job_config(config)
     validate_values(config)  # ranges: steps, seq_len, checkpoint.interval ... (before validate_launch divides)
-    validate_launch(config)
-    validate_monitor(config)
+    for table in OWN_SECTIONS:
+        check = getattr(getattr(config, table, None), "validate", None)
+        if check is not None:
+            check(config)
     validate_sections(config)
 
 

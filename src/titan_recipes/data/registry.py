@@ -47,22 +47,26 @@ def _import(module: str) -> DataSource:
     return source
 
 
+def _source(name: str) -> DataSource:
+    """The registered source ``name``, its package imported on first use (config sections only)."""
+    if name not in _loaded:
+        source = _import(SOURCES[name])
+        if source.name != name:
+            raise TypeError(f"SOURCES['{name}'] = {SOURCES[name]} exports a source named '{source.name}'.")
+        _loaded[name] = source
+    return _loaded[name]
+
+
 def all_sources() -> list[DataSource]:
     """Every registered source, imported (config sections only)."""
-    for name, module in SOURCES.items():
-        if name not in _loaded:
-            source = _import(module)
-            if source.name != name:
-                raise TypeError(f"SOURCES['{name}'] = {module} exports a source named '{source.name}'.")
-            _loaded[name] = source
-    return [_loaded[name] for name in SOURCES]
+    return [_source(name) for name in SOURCES]
 
 
 def find_source(dataset: str) -> DataSource | None:
     """The source serving ``training.dataset = dataset`` (its name or an alias), or None (a dataset of
     torchtitan's own, such as ``c4_test``)."""
     if dataset in SOURCES:
-        return all_sources()[list(SOURCES).index(dataset)]
+        return _source(dataset)
     for source in all_sources():
         if dataset in source.aliases:
             return source
