@@ -18,10 +18,11 @@ def import_streaming() -> types.SimpleNamespace:
     """mosaicml-streaming's MDS pieces, imported without running ``streaming/__init__.py``.
 
     Why: ``streaming/__init__.py`` imports ``streaming.multimodal``/``vision``/``text``, and
-    ``streaming/base/__init__.py`` imports ``streaming.base.dataloader``. Both pull in transformers
-    and torchvision, which MDS never needs. transformers is not in our lock, and torchvision does not
-    import beside torch 2.13 CPU: resolving streaming's declared dependencies with it backtracks for
-    minutes and ends with a torchvision that fails to import. The submodules used here (``stream``,
+    ``streaming/base/__init__.py`` imports ``streaming.base.dataloader``. ``text`` and ``dataloader``
+    need transformers, which both locks pin; ``vision`` needs torchvision, which MDS never needs and
+    which the CPU lock cannot have: PyPI's linux torchvision wheels are CUDA builds that fail beside
+    torch 2.13 CPU ("operator torchvision::nms does not exist"), and the CPU build is only on the PyTorch
+    index (env/README.md). torchvision is the remaining reason for this function. The submodules used here (``stream``,
     ``format.mds``, ``spanner``, ``shuffle``, ``sampling``, ``world``) do not need those imports. So when ``streaming``
     is not imported yet, this registers empty package modules for ``streaming`` and ``streaming.base``
     whose ``__path__`` points at the installed package, and imports the submodules from there.
@@ -91,7 +92,7 @@ def _stub_getattr(package: str):
             raise AttributeError(attr)
         raise AttributeError(
             f"{package}.{attr}: titan_recipes.data.mds imported mosaicml-streaming without running "
-            f"{package}/__init__.py (it needs transformers/torchvision). Import it from its submodule, "
+            f"{package}/__init__.py (it imports torchvision, absent from the CPU lock: env/README.md). Import it from its submodule, "
             f"e.g. `from streaming.base.dataset import StreamingDataset`."
         )
 
