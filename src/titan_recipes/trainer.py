@@ -31,7 +31,6 @@ from . import preemption  # noqa: E402
 from .checkpointing import install as install_checkpointer  # noqa: E402
 from .config import validate_config  # noqa: E402
 from .domain_loss import build_domain_loss  # noqa: E402
-from .errors import ConfigError  # noqa: E402
 from .extensions import Monitors, TrainerExtension  # noqa: E402
 from .guard import DivergenceGuard  # noqa: E402
 from .monitor import build_monitors  # noqa: E402
@@ -64,18 +63,9 @@ class RecipeTrainer(Trainer):
         self.extensions.append(Monitors(build_monitors(self)))  # [monitor]: optimizer/activation hooks
 
     def _check_vocab(self) -> None:
-        vocab = getattr(self.model_args, "vocab_size", None)
-        if self.tokenizer is not None and vocab is not None:
-            n = self.tokenizer.get_vocab_size()
-            if n > vocab:
-                from .tokenizer import tokenizer_path
+        from .tokenizer import check_vocab_size
 
-                path, setting = tokenizer_path(self.job_config)
-                raise ConfigError(
-                    f"The tokenizer at {setting} = '{path}' has {n} tokens but model flavor "
-                    f"'{self.job_config.model.flavor}' has vocab_size {vocab}: token ids would index "
-                    f"past the embedding. Use a tokenizer with at most {vocab} tokens or another flavor."
-                )
+        check_vocab_size(self.tokenizer, getattr(self.model_args, "vocab_size", None), self.job_config)
 
     # -- torchtitan's hooks, each calling the extensions ------------------------------------------
     def post_dataloading_process(self, input_dict, labels):

@@ -119,6 +119,10 @@ class GlobalOrderLoader(BaseDataLoader):
             self._order_epoch = epoch
         return int(self._order[pos])
 
+    def epoch_of_index(self, g: int) -> int:
+        """The epoch global index ``g`` falls in (for log lines)."""
+        return g // self.num_samples
+
     def rank_indices(self, consumed: int) -> range:
         """Global indices this rank reads for the micro-batch that starts at ``consumed``."""
         start = consumed + self.dp_rank * self.local_batch_size
@@ -171,7 +175,7 @@ class GlobalOrderLoader(BaseDataLoader):
             yield rows.numpy() if isinstance(rows, torch.Tensor) else rows, ids.numpy() if isinstance(ids, torch.Tensor) else ids
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        epoch = self.rank_indices(self.consumed_samples)[0] // self.num_samples
+        epoch = self.epoch_of_index(self.rank_indices(self.consumed_samples)[0])
         if self.consumed_samples:
             logger.info(
                 "Dataset %s resumes at global sample %d (epoch %d of this rank's order).",
@@ -186,7 +190,7 @@ class GlobalOrderLoader(BaseDataLoader):
                     self.consumed_samples, ids[:8].tolist(),
                 )
                 first = False
-            last = self.rank_indices(self.consumed_samples)[-1] // self.num_samples
+            last = self.epoch_of_index(self.rank_indices(self.consumed_samples)[-1])
             if last > epoch:
                 epoch = last
                 logger.warning(

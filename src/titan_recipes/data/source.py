@@ -48,6 +48,11 @@ class DataSource:
     """Optional ``(job_config) -> (path, setting) | None``: where this source wants the tokenizer read
     from (``[mosaic_tokenizer] name`` for mds). None, or a None result: ``model.hf_assets_path``."""
 
+    build_tokenizer: str | Callable[[Any], Any] | None = None
+    """Optional ``"module:function"`` (or callable) ``(job_config) -> BaseTokenizer``: builds the run's
+    tokenizer when ``tokenizer_path`` gives an override (mds: ``AutoTokenizer`` for ``[mosaic_tokenizer]``).
+    None: the override is read by ``model.tokenizer_backend``, like ``model.hf_assets_path``."""
+
     has_domains: bool = False
     """Its training loader may yield per-token domain ids (a :class:`DomainLoader`); the per-domain
     loss and ADO attach to it."""
@@ -66,6 +71,9 @@ class DataSource:
 
     def tokenizer_override(self, job_config: Any) -> tuple[str | None, str] | None:
         return None if self.tokenizer_path is None else resolve(self.tokenizer_path)(job_config)
+
+    def tokenizer_builder(self) -> Callable[[Any], Any] | None:
+        return None if self.build_tokenizer is None else resolve(self.build_tokenizer)
 
 
 def lazy_exports(package: str, table: Mapping[str, tuple[str, ...]]) -> tuple[Callable[[str], Any], list[str]]:

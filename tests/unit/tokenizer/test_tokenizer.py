@@ -100,10 +100,10 @@ def test_mosaic_tokenizer_name_replaces_hf_assets_path_for_mds(tmp_path):
     [
         ("absent", {}, "mds", r"mosaic_tokenizer.name = '.*absent'"),
         (str(TOKENIZER_DIR), {}, "tinyshakespeare", r"\[mosaic_tokenizer\] is set but training.dataset = 'tinyshakespeare'"),
-        (str(TOKENIZER_DIR), {"padding_side": "left"}, "mds", r"mosaic_tokenizer.kwargs \['padding_side'\] are not supported"),
+        (str(TOKENIZER_DIR), {"local_files_only": False}, "mds", r"mosaic_tokenizer.kwargs.local_files_only = False"),
         (str(TOKENIZER_DIR), {"model_max_length": 128}, "mds", r"model_max_length = 128 is below training.seq_len = 256"),
     ],
-    ids=["missing", "not_mds", "unknown_kwarg", "too_short"],
+    ids=["missing", "not_mds", "download_asked", "too_short"],
 )
 def test_mosaic_tokenizer_errors_name_the_key(tmp_path, name, kwargs, dataset, match):
     job = mds_job(tmp_path, name=str(tmp_path / name) if name == "absent" else name, kwargs=kwargs, dataset=dataset)

@@ -20,6 +20,12 @@ concatenates them into one token stream and cuts windows ``tokens[k*L : k*L + L 
 hash per shard in ``index.json``. ``conversion.json`` beside ``index.json`` records how (tokenizer
 hash, seq_len, inputs, counts).
 
+**Other writers' layouts** (llm-foundry's converters, any ``streaming.MDSWriter`` script): ``tokens``
+as an ndarray of any integer dtype and any length, ``tokens`` as bytes (``token_encoding_type``), or
+``text`` tokenized on the fly (:mod:`~titan_recipes.data.mds.layouts`). Samples that are not all
+``seq_len + 1`` tokens are read as one token stream in the epoch's order and cut into windows
+(:mod:`~titan_recipes.data.mds.packing`); the global order, exact resume and DP elasticity hold.
+
 **Order: design choice (b).** Samples are read with mosaicml-streaming's ``Stream`` (index parsing,
 ``MDSReader`` shard readers, zstd decompression) and mixed with streaming's own epoch algorithm
 (``Stream.apply_weights`` for proportion/repeat/choose, ``get_sampling`` for partial repeats,
@@ -119,6 +125,7 @@ SOURCE = DataSource(
     build_validation_loader="titan_recipes.data.mds.loader:build_mds_validation_loader",
     sections={"mosaic_dataloader": MosaicDataloader, "mosaic_tokenizer": MosaicTokenizer},
     tokenizer_path=mosaic_tokenizer_path,
+    build_tokenizer="titan_recipes.data.mds.config:build_mosaic_tokenizer",
     summary="Mosaic streaming MDS shards, local or remote (S3), IID or non-IID per DP rank",
 )
 
@@ -132,6 +139,8 @@ _LAZY = {
     "inputs": ("HubDataset", "iter_documents", "iter_input_documents", "parse_document_range"),
     "writer": ("MdsWriteSummary", "check_compression", "write_mds"),
     "stats": ("MdsStats", "mds_stats"),
+    "layouts": ("ACCEPTED_LAYOUTS", "Layout", "detect_layout", "encode_documents"),
+    "packing": ("PackedStream", "SampleLengths"),
 }
 """Public names of the submodules, imported on first access: ``import titan_recipes.data.mds`` stays
 light (the config sections), and ``from titan_recipes.data.mds import write_mds`` still works."""

@@ -58,6 +58,11 @@ class MosaicDataset:
     """Shuffle block size in samples (streaming's default 1 << 18): larger mixes across more shards.
     Part of the fingerprint."""
 
+    token_encoding_type: str = "int64"
+    """The numpy integer dtype of ``tokens`` columns written as ``bytes`` (llm-foundry's key and default,
+    ``int64``; older llm-foundry ``--concat_tokens`` datasets store the ids this way). ndarray columns
+    carry their dtype and ignore it."""
+
     predownload: int = -1
     """Samples of this rank's order to prepare ahead of reading: a background thread downloads (remote
     streams) and decompresses (compressed shards) the shards of the next ``predownload`` samples while
@@ -101,10 +106,12 @@ class MosaicDataloader:
         for ``training.dataset = "mds"`` the workers, streams, ``non_iid_streams`` and order settings;
         for an enabled ``validation.dataset = "mds"`` the ``validation_streams``. Nothing otherwise.
         The builders run them again, then check the data itself."""
+        from .layouts import token_dtype
         from .streams import training_settings, validation_stream_specs  # reads no data file
 
         if job_config.training.dataset == "mds":
             training_settings(job_config)
+            token_dtype(self.dataset.token_encoding_type)
         validation = getattr(job_config, "validation", None)
         if validation is not None and getattr(validation, "enable", False) and validation.dataset == "mds":
             validation_stream_specs(job_config)
@@ -112,24 +119,32 @@ class MosaicDataloader:
 
 @dataclass
 class MosaicTokenizer:
-    """``[mosaic_tokenizer]`` (the Mosaic seed's table): the tokenizer of the MDS data, for
-    ``training.dataset = "mds"``. Unset: ``model.hf_assets_path``."""
+    """``[mosaic_tokenizer]`` (the Mosaic seed's and llm-foundry's table): the run's tokenizer for
+    ``training.dataset = "mds"``, loaded with ``transformers.AutoTokenizer`` from local files only
+    (:mod:`titan_recipes.tokenizer.auto`). Unset: ``model.hf_assets_path`` with ``model.tokenizer_backend``.
+
+    When ``name`` is set it is used whatever ``model.tokenizer_backend`` says: AutoTokenizer reads the
+    directory's own format (tokenizer.json, or a SentencePiece tokenizer.model with its
+    tokenizer_config.json), so the backend setting has nothing to choose."""
 
     name: str = ""
-    """A local tokenizer, in the ``model.tokenizer_backend`` format (a directory with tokenizer.json, or
-    a SentencePiece model). Replaces ``model.hf_assets_path`` for the tokenizer; nothing is downloaded
-    from a hub. The MDS data's recorded tokenizer (conversion.json) must match it."""
+    """What llm-foundry users pass as ``tokenizer_name``: a HuggingFace hub name (e.g.
+    ``meta-llama/Llama-3.2-1B``), resolved in the local HuggingFace cache only (``HF_HOME``/
+    ``HF_HUB_CACHE``; download it on a login node with ``hf download NAME``), or a local directory that
+    ``AutoTokenizer.from_pretrained`` loads. Replaces ``model.hf_assets_path`` for the tokenizer; never
+    downloads. The MDS data's recorded tokenizer (conversion.json) must match it."""
 
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Tokenizer options. Only ``model_max_length`` is honoured (it must be >= training.seq_len); other
-    keys are a ConfigError, since the MDS data is tokenized already."""
+    """Keyword arguments for ``AutoTokenizer.from_pretrained``, passed through as llm-foundry does
+    (``model_max_length``, ``padding_side``, ``revision``, ...). ``model_max_length``, when given, must be
+    >= training.seq_len; ``local_files_only`` can only be true. Needs ``name``."""
 
     def is_set(self) -> bool:
         return bool(self.name or self.kwargs)
 
     def validate(self, job_config: Any) -> None:
-        """Set only for ``training.dataset = "mds"``, with the kwargs honoured and ``model_max_length``
-        at least ``training.seq_len``."""
+        """Set only for ``training.dataset = "mds"``, ``kwargs`` only with a ``name``, and
+        ``model_max_length`` (when given) at least ``training.seq_len``."""
         if not self.is_set():
             return
         if job_config.training.dataset != "mds":
@@ -137,11 +152,11 @@ class MosaicTokenizer:
                 f"[mosaic_tokenizer] is set but training.dataset = '{job_config.training.dataset}'; it configures the "
                 f"tokenizer of the Mosaic (mds) loader. Remove it, or use model.hf_assets_path."
             )
-        unknown = sorted(set(self.kwargs) - set(MOSAIC_TOKENIZER_KWARGS))
-        if unknown:
+        if not self.name:
             raise ConfigError(
-                f"mosaic_tokenizer.kwargs {unknown} are not supported (honoured: {list(MOSAIC_TOKENIZER_KWARGS)}): the "
-                f"MDS data is tokenized already, so tokenizer options cannot change it."
+                f"mosaic_tokenizer.kwargs = {self.kwargs} is set but mosaic_tokenizer.name is empty, so the kwargs "
+                f"would be ignored. Set mosaic_tokenizer.name (a HuggingFace tokenizer name or a local directory), "
+                f"or remove the kwargs to use model.hf_assets_path."
             )
         max_len = self.kwargs.get("model_max_length")
         if max_len is not None and (not isinstance(max_len, int) or max_len < job_config.training.seq_len):
@@ -149,18 +164,32 @@ class MosaicTokenizer:
                 f"mosaic_tokenizer.kwargs.model_max_length = {max_len!r} is below training.seq_len = "
                 f"{job_config.training.seq_len}; raise it or train on shorter samples."
             )
-
-
-MOSAIC_TOKENIZER_KWARGS = ("model_max_length",)
-"""``[mosaic_tokenizer] kwargs`` keys that are honoured; any other key is a ConfigError."""
+        if self.kwargs.get("local_files_only", True) is not True:
+            raise ConfigError(
+                f"mosaic_tokenizer.kwargs.local_files_only = {self.kwargs['local_files_only']!r}: tokenizers are "
+                f"never downloaded during training. Remove the key, and download '{self.name}' on a login node "
+                f"(`hf download {self.name}`) with the job's HF_HOME."
+            )
 
 
 def mosaic_tokenizer_path(job_config: Any) -> tuple[str, str] | None:
-    """The MDS source's tokenizer override: ``[mosaic_tokenizer] name`` (the Mosaic seed's table), a
-    local tokenizer directory (or SentencePiece model) in the ``model.tokenizer_backend`` format, in
-    place of ``model.hf_assets_path``. Nothing is downloaded from a hub. None when unset."""
+    """The MDS source's tokenizer override: ``([mosaic_tokenizer] name, "mosaic_tokenizer.name")`` (a
+    hub name or a directory, as configured; :func:`build_mosaic_tokenizer` resolves and loads it), in
+    place of ``model.hf_assets_path``. None when unset."""
     section = getattr(job_config, "mosaic_tokenizer", None)
     if section is None or not section.is_set():
         return None
     section.validate(job_config)
     return (section.name, "mosaic_tokenizer.name") if section.name else None
+
+
+def build_mosaic_tokenizer(job_config: Any):
+    """The MDS source's ``build_tokenizer``: ``AutoTokenizer.from_pretrained([mosaic_tokenizer] name,
+    local_files_only=True, **kwargs)`` wrapped as a torchtitan tokenizer
+    (:class:`~titan_recipes.tokenizer.auto.TransformersTokenizer`, whose ``source_dir`` is the resolved
+    directory)."""
+    from ...tokenizer.auto import build_auto_tokenizer
+
+    section = job_config.mosaic_tokenizer
+    section.validate(job_config)
+    return build_auto_tokenizer(section.name, section.kwargs, "mosaic_tokenizer.name")

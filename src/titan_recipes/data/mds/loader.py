@@ -24,6 +24,7 @@ from ..workers import Workers
 from .compat import import_streaming
 from .format import CONVERSION_FILE, tokenizer_sha256
 from .order import EpochOrder
+from .packing import PackedStream, SampleLengths
 from .shards import Predownload, ShardSet
 from .streams import StreamSpec, check_order_settings, training_settings, validation_stream_specs
 
@@ -44,6 +45,10 @@ class MDSLoader(GlobalOrderLoader):
         {"mds": {"consumed_samples": 4096, "fingerprint": "9f2c...", "num_samples": 1517}}
 
     Non-IID: ``num_samples`` is every rank's epoch size (a list) and ``dp_world_size`` is added.
+
+    Samples that are not all ``seq_len + 1`` tokens long (any other length, or ``text``) are packed
+    (:mod:`~titan_recipes.data.mds.packing`): a "sample" of the global order is then a window of the
+    packed stream, ``consumed_samples`` counts windows and ``num_samples`` is the windows of epoch 0.
     """
 
     state_key = codec.MDS
@@ -66,6 +71,9 @@ class MDSLoader(GlobalOrderLoader):
         rank_streams: dict[int | str, Sequence[StreamSpec]] | None = None,
         workers: Workers | None = None,
         predownload: int = -1,
+        tokenizer: Any = None,
+        token_encoding_type: str = "int64",
+        progress: bool = True,
     ):
         super().__init__(
             name=name, local_batch_size=local_batch_size, dp_rank=dp_rank, dp_world_size=dp_world_size,
@@ -78,13 +86,18 @@ class MDSLoader(GlobalOrderLoader):
         self.predownload = max(predownload, 0)
         self.seq_len = seq_len
         st = import_streaming()
-        self.data = ShardSet(st, streams, seq_len, self.seq_len_key)
+        self.data = ShardSet(st, streams, seq_len, self.seq_len_key, token_encoding_type)
         self.order = EpochOrder(
             st, self.data, shuffle=shuffle, shuffle_seed=shuffle_seed, shuffle_algo=shuffle_algo,
             shuffle_block_size=shuffle_block_size, dp_rank=dp_rank, dp_world_size=dp_world_size,
             rank_streams=rank_streams,
         )
         self._predownload = Predownload(self.data, name)
+        self._tokenizer = tokenizer
+        self.packed: PackedStream | None = None
+        """The packed token stream, when the samples are not all windows (None: each sample is one)."""
+        self._docs: dict[int, np.ndarray] = {}
+        packing = self._plan_packing(tokenizer, progress)
         non_iid_parts = self.order.non_iid_parts
         self._fingerprint = fingerprint(
             streams=[
@@ -98,11 +111,18 @@ class MDSLoader(GlobalOrderLoader):
             shuffle_block_size=shuffle_block_size,
             canonical_nodes=1,
             **({"non_iid": non_iid_parts} if non_iid_parts else {}),
+            **({"packing": packing} if packing else {}),
         )
         for spec, choose, n in zip(self.specs, self.choose_per_stream, self.data.samples_per_stream):
             logger.info(
                 "MDS stream %s (%s): %d samples on disk, %d per epoch%s",
                 spec.name, spec.local, n, choose, f" on dp_rank {dp_rank} (non-IID)" if self.non_iid else "",
+            )
+        if self.packed is not None:
+            logger.info(
+                "Dataset %s: samples packed into windows of %d tokens (stride %d): %d documents and %d tokens "
+                "in epoch 0, ~%d windows; layouts %s", self.name, seq_len + 1, seq_len, len(self.packed.epoch(0)[0]),
+                self.packed.tokens_in_epoch(0), self.num_samples, [layout.describe() for layout in self.data.layouts],
             )
         logger.info(
             "Dataset %s: %d stream(s), %d shards, %d samples of %d tokens per epoch, shuffle=%s "
@@ -123,9 +143,78 @@ class MDSLoader(GlobalOrderLoader):
         """Index (in :attr:`specs`) of the stream a sample id belongs to."""
         return self.data.stream_of(sample_id)
 
+    def _plan_packing(self, tokenizer: Any, progress: bool) -> dict[str, Any] | None:
+        """Decide whether samples are windows as they are or packed (module docstring of ``packing``);
+        when packed, count every sample's tokens and return what the fingerprint must cover."""
+        window = self.seq_len + 1
+        layouts = self.data.layouts
+        if all(layout.kind == "tokens" and layout.fixed_len == window for layout in layouts):
+            return None  # each sample is one window: nothing to count
+        lengths = SampleLengths(self.data, tokenizer, progress)
+        if all(layout.kind == "tokens" for layout in layouts) and np.all(lengths.lengths == window):
+            return None
+        counts = lengths.lengths.copy()
+        for i, overlap in enumerate(self.data.window_len):
+            if overlap is not None:  # converter windows overlap by one token: count their first L
+                logger.warning(
+                    "MDS stream %s holds windows converted for seq_len %d, but %s = %d: they are read as "
+                    "their first %d tokens each and packed into windows of %d (convert with --seq-len %d to "
+                    "skip this).", self.data.specs[i].name, overlap - 1, self.seq_len_key, self.seq_len,
+                    overlap - 1, self.seq_len + 1, self.seq_len,
+                )
+                lo, hi = self.data.shard_offset_per_stream[i], self.data.shard_offset_per_stream[i + 1]
+                first, last = self.data.sample_offset_per_shard[lo], self.data.sample_offset_per_shard[hi - 1] + self.data.samples_per_shard[hi - 1]
+                counts[first:last] -= 1
+        self.packed = PackedStream(counts, self.order.epoch_order)
+        return {"layouts": [layout.describe() for layout in layouts], "tokenizer": lengths.tokenizer_fp,
+                "overlapping_windows": self.data.window_len, "stride": self.seq_len}
+
+    def document(self, sample_id: int) -> np.ndarray:
+        """A packed sample's tokens as they enter the stream (text tokenized; converter windows less their
+        last token). The last documents read are kept, since consecutive windows share them."""
+        docs = self._documents([sample_id])
+        return docs[sample_id]
+
+    def _documents(self, sample_ids) -> dict[int, np.ndarray]:
+        out, text = {}, []
+        for sid in dict.fromkeys(int(s) for s in sample_ids):
+            if sid in self._docs:
+                out[sid] = self._docs[sid]
+            elif self.data.layouts[self.stream_of(sid)].kind == "text":
+                text.append(sid)
+            else:
+                tokens = self.data.read_tokens(sid, self.vocab_size)
+                out[sid] = tokens[:-1] if self.data.window_len[self.stream_of(sid)] is not None else tokens
+        if text:
+            from .layouts import encode_documents
+
+            for sid, tokens in zip(text, encode_documents(self._tokenizer, [self.data.read_text(s) for s in text])):
+                out[sid] = tokens
+        self._docs.update(out)
+        while len(self._docs) > 256:
+            del self._docs[next(iter(self._docs))]
+        return out
+
+    def window_pieces(self, g: int) -> list[tuple[int, int, int]]:
+        """``(sample_id, start, stop)`` slices of the documents that make up packed window ``g``."""
+        return self.packed.pieces(g * self.seq_len, g * self.seq_len + self.seq_len + 1)
+
+    def read_micro_batch(self, consumed: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.packed is None:
+            return super().read_micro_batch(consumed)
+        windows = [self.window_pieces(g) for g in self.rank_indices(consumed)]
+        docs = self._documents(sid for w in windows for sid, _, _ in w)
+        rows = np.stack([np.concatenate([docs[sid][a:b] for sid, a, b in w]) for w in windows]).astype(np.int64)
+        return rows, np.asarray([w[0][0] for w in windows], np.int64)
+
+    def epoch_of_index(self, g: int) -> int:
+        return super().epoch_of_index(g) if self.packed is None else self.packed.epoch_of(g * self.seq_len)
+
     # -- GlobalOrderLoader -------------------------------------------------------------------------
     @property
     def num_samples(self) -> int:
+        if self.packed is not None:
+            return self.packed.tokens_in_epoch(0) // self.seq_len
         return self.order.epoch_size
 
     @property
@@ -176,10 +265,13 @@ class MDSLoader(GlobalOrderLoader):
             return
         step = self.local_batch_size * self.dp_world_size
         batches_ahead = -(-self.predownload // self.local_batch_size)
-        self._predownload.ahead(
-            consumed, consumed + batches_ahead * step, step,
-            lambda start: [self.spanner[self.global_index_to_sample(g)][0] for g in self.rank_indices(start)],
-        )
+        if self.packed is None:
+            def shard_ids(start):
+                return [self.spanner[self.global_index_to_sample(g)][0] for g in self.rank_indices(start)]
+        else:
+            def shard_ids(start):
+                return [self.spanner[sid][0] for g in self.rank_indices(start) for sid, _, _ in self.window_pieces(g)]
+        self._predownload.ahead(consumed, consumed + batches_ahead * step, step, shard_ids)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,6 +303,14 @@ def check_tokenizer_matches(
             )
 
 
+def _configured_tokenizer(tokenizer: Any, job_config: Any) -> tuple[str | None, str]:
+    """The directory of the run's tokenizer and the setting that names it: a hub name in
+    ``[mosaic_tokenizer] name`` resolves to its cached snapshot (the tokenizer's ``source_dir``)."""
+    path, setting = tokenizer_path(job_config)
+    source = getattr(tokenizer, "source_dir", None)
+    return (str(source) if source else path), setting
+
+
 def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) -> MDSLoader:
     """``training.dataset = "mds"``: the loader configured by ``[mosaic_dataloader]``."""
     cfg = job_config.mosaic_dataloader
@@ -229,9 +329,11 @@ def build_mds_loader(dp_world_size: int, dp_rank: int, tokenizer, job_config) ->
         rank_streams=rank_streams,
         workers=workers,
         predownload=cfg.dataset.predownload,
+        tokenizer=tokenizer,
+        token_encoding_type=cfg.dataset.token_encoding_type,
     )
     # After the loader: it downloads a remote stream's index.json and conversion.json into local.
-    check_tokenizer_matches(specs, *tokenizer_path(job_config))
+    check_tokenizer_matches(specs, *_configured_tokenizer(tokenizer, job_config))
     return loader
 
 
@@ -249,6 +351,13 @@ class MDSValidationLoader(FinitePass, MDSLoader):
 
     state_key = "mds_validation"  # never in a checkpoint: FinitePass keeps no state
     seq_len_key = "validation.seq_len"
+
+    @property
+    def num_samples(self) -> int:
+        """Packed: every window that fits in the one pass (the stream does not wrap into a next epoch)."""
+        if self.packed is not None:
+            return (self.packed.tokens_in_epoch(0) - 1) // self.seq_len
+        return self.order.epoch_size
 
     def __init__(self, **kwargs):
         super().__init__(shuffle=False, **kwargs)
@@ -271,6 +380,8 @@ def build_mds_validation_loader(dp_world_size: int, dp_rank: int, tokenizer, job
         dp_rank=dp_rank,
         dp_world_size=dp_world_size,
         name="mds_validation",
+        tokenizer=tokenizer,
+        token_encoding_type=job_config.mosaic_dataloader.dataset.token_encoding_type,
     )
-    check_tokenizer_matches(specs, *tokenizer_path(job_config))
+    check_tokenizer_matches(specs, *_configured_tokenizer(tokenizer, job_config))
     return loader

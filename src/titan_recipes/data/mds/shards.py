@@ -2,7 +2,7 @@
 
 :class:`ShardSet` opens every stream's ``index.json`` with streaming's ``Stream`` (downloading it for a
 remote stream, :func:`fetch_index`), checks the shards against what the loader reads (a ``tokens``
-ndarray column of ``seq_len + 1``), numbers all samples of all streams ``0 .. total - 1`` in stream
+layout of :mod:`~titan_recipes.data.mds.layouts`), numbers all samples of all streams ``0 .. total - 1`` in stream
 and shard order, prepares a shard (download and/or decompress, under :data:`DECOMPRESS_LOCK`) on its
 first use and reads token samples with their integrity checks. :class:`Predownload` runs that
 preparation ahead of the reads in a background thread (``dataset.predownload``).
@@ -21,7 +21,8 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..integrity import VALIDATE_HASH_HINT, check_mds_shard, check_token_ids
 from .compat import remote_error
-from .format import CONVERSION_FILE, SHARD_HASH, TOKENS_COLUMN, fixed_sample_len, read_index
+from .format import CONVERSION_FILE, SHARD_HASH, read_index
+from .layouts import Layout, detect_layout
 from .streams import StreamSpec
 
 if TYPE_CHECKING:
@@ -98,15 +99,22 @@ def common_hash(shards: Sequence[Any]) -> str | None:
 class ShardSet:
     """Every shard of the streams ``specs``, with samples numbered globally in stream and shard order.
 
-    ``seq_len`` is what each sample must hold (``seq_len + 1`` tokens); ``seq_len_key`` names the
-    setting it comes from in error messages. Index files are read (and, for remote streams, fetched)
+    ``seq_len`` is the training window (``seq_len + 1`` tokens); ``seq_len_key`` names the setting it
+    comes from in error messages. ``token_encoding_type`` is the dtype of ``bytes`` token columns. Index files are read (and, for remote streams, fetched)
     here; shard files are prepared on first use (:meth:`prepare`).
     """
 
-    def __init__(self, st: Any, specs: Sequence[StreamSpec], seq_len: int, seq_len_key: str):
+    def __init__(self, st: Any, specs: Sequence[StreamSpec], seq_len: int, seq_len_key: str,
+                 token_encoding_type: str = "int64"):
         self.specs = list(specs)
         self.seq_len = seq_len
         self.seq_len_key = seq_len_key
+        self.token_encoding_type = token_encoding_type
+        self.layouts: list[Layout] = []
+        """Each stream's layout (:func:`~.layouts.detect_layout`)."""
+        self.window_len: list[int | None] = []
+        """Per stream: ``L + 1`` when it holds windows written by scripts/mds_convert.py for seq_len ``L``
+        (consecutive samples overlap by one token), else None."""
         self.streams: list[Stream] = []
         self.shards: list[Any] = []
         self.shard_stream: list[int] = []
@@ -120,7 +128,9 @@ class ShardSet:
                 fetch_index(stream, spec)
             index = read_index(spec.local, spec.setting)
             self.index_hashes.append(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest())
-            shards = self._load_shards(st, stream, spec)
+            shards, layout = self._load_shards(st, stream, spec)
+            self.layouts.append(layout)
+            self.window_len.append(_converter_window_len(spec, layout))
             # Downloads are hash-checked whenever index.json has hashes; local shards with validate_hash
             # (streaming never checks a local raw shard: integrity.check_mds_shard does, in prepare).
             stream.validate_hash = spec.validate_hash or (common_hash(shards) if spec.remote else None)
@@ -152,28 +162,19 @@ class ShardSet:
                 f"MDS index {index_path} ({spec.setting}) describes shards streaming cannot read "
                 f"({type(e).__name__}: {e})."
             ) from None
+        layout = None
         for shard_id, shard in enumerate(shards):
-            if getattr(shard, "column_names", None) is None or TOKENS_COLUMN not in shard.column_names:
+            where = f"MDS shard {shard_id} of {index_path} ({spec.setting})"
+            found = detect_layout(getattr(shard, "column_names", None), getattr(shard, "column_encodings", None),
+                                  where=where, token_encoding_type=self.token_encoding_type)
+            if layout is not None and found != layout:
                 raise DataError(
-                    f"MDS shard {shard_id} of {index_path} has no '{TOKENS_COLUMN}' column (format "
-                    f"{type(shard).__name__}, columns {getattr(shard, 'column_names', None)}); this "
-                    f"loader reads token samples written by scripts/mds_convert.py."
+                    f"{where} is {found.describe()}, but the stream's first shard is {layout.describe()}: one "
+                    f"stream must have one layout. Split it into two streams."
                 )
-            encoding = shard.column_encodings[shard.column_names.index(TOKENS_COLUMN)]
-            if not encoding.startswith("ndarray"):
-                raise DataError(
-                    f"MDS shard {shard_id} of {index_path}: column '{TOKENS_COLUMN}' is '{encoding}'; "
-                    f"only ndarray token columns are supported (bytes columns carry no dtype)."
-                )
-            fixed = fixed_sample_len(encoding)
-            if fixed is not None and fixed != self.seq_len + 1:
-                raise DataError(
-                    f"MDS stream '{spec.name}' ({spec.local}) holds samples of {fixed} tokens (seq_len "
-                    f"{fixed - 1}), but {self.seq_len_key} = {self.seq_len} needs {self.seq_len + 1}. "
-                    f"Convert the data again with --seq-len {self.seq_len}, or set {self.seq_len_key} = {fixed - 1}."
-                )
+            layout = found
             self._check_shard_files(shard, spec)
-        return shards
+        return shards, layout
 
     @staticmethod
     def _check_shard_files(shard: Any, spec: StreamSpec) -> None:
@@ -249,29 +250,71 @@ class ShardSet:
         check_mds_shard(raw, shard, spec.validate_hash, f"{spec.setting} = '{spec.local}'", spec.remote)  # header, size, hash
         self.ready[shard_id] = True
 
-    def read(self, index: int, vocab_size: int | None) -> np.ndarray:
-        """Tokens of sample ``index`` (``seq_len + 1``), its shard prepared first; ids checked against
-        ``vocab_size`` (None: unchecked)."""
+    def fixed_len_of_shard(self, shard_id: int) -> int | None:
+        """Tokens per sample of a shard when its encoding fixes them, else None (a count needs a read)."""
+        return self.layouts[self.shard_stream[shard_id]].fixed_len
+
+    def _row(self, index: int) -> tuple[dict[str, Any], str, int]:
+        """The decoded sample ``index`` (its shard prepared first), the shard's path and the row."""
         shard_id, row = self.spanner[index]
         if not self.ready[shard_id]:
             self.prepare(shard_id)
         shard = self.shards[shard_id]
         path = os.path.join(self.specs[self.shard_stream[shard_id]].local, shard.raw_data.basename)
         try:
-            tokens = shard[row][TOKENS_COLUMN]
+            return shard[row], path, row
         except FileNotFoundError:
             raise DataError(f"MDS shard file disappeared while training: {path}") from None
-        except (ValueError, IndexError, TypeError) as e:
+        except (ValueError, IndexError, TypeError, UnicodeDecodeError) as e:
             raise DataError(f"MDS shard {path}, sample {row}: cannot decode ({type(e).__name__}: {e}).") from None
-        if tokens.shape != (self.seq_len + 1,):
-            raise DataError(
-                f"MDS shard {path}, sample {row} has shape {tokens.shape}; {self.seq_len_key} = "
-                f"{self.seq_len} needs ({self.seq_len + 1},). Convert the data with --seq-len {self.seq_len}."
-            )
-        spec = self.specs[self.shard_stream[shard_id]]
+
+    def read_tokens(self, index: int, vocab_size: int | None = None) -> np.ndarray:
+        """Token ids of sample ``index`` of a token layout, as written (any length); ids checked against
+        ``vocab_size`` (None: unchecked)."""
+        sample, path, row = self._row(index)
+        stream = self.shard_stream[self.spanner[index][0]]
+        tokens = self.layouts[stream].tokens(sample, f"MDS shard {path}, sample {row}")
+        spec = self.specs[stream]
         check_token_ids(tokens, vocab_size, f"MDS shard {path}, sample {row}", "Restore the shard or re-run "
                         "the conversion (scripts/mds_convert.py). " + ("" if spec.validate_hash else VALIDATE_HASH_HINT))
         return tokens
+
+    def read_text(self, index: int) -> str:
+        """The text of sample ``index`` of a text layout."""
+        sample, path, row = self._row(index)
+        text = sample[self.layouts[self.shard_stream[self.spanner[index][0]]].column]
+        if not isinstance(text, str):
+            raise DataError(f"MDS shard {path}, sample {row}: the text column holds {type(text).__name__}, not str.")
+        return text
+
+    def read(self, index: int, vocab_size: int | None) -> np.ndarray:
+        """Tokens of sample ``index`` read as one training window (``seq_len + 1`` tokens), checked."""
+        tokens = self.read_tokens(index, vocab_size)
+        if tokens.shape != (self.seq_len + 1,):
+            shard_id, row = self.spanner[index]
+            path = os.path.join(self.specs[self.shard_stream[shard_id]].local, self.shards[shard_id].raw_data.basename)
+            raise DataError(
+                f"MDS shard {path}, sample {row} has {len(tokens)} tokens, but the other samples of its shard "
+                f"hold {self.seq_len_key} + 1 = {self.seq_len + 1}; a shard whose samples were counted before "
+                f"has changed. Delete its token-count cache ({LENGTHS_HINT}) or restore the shard."
+            )
+        return tokens
+
+
+LENGTHS_HINT = "the .titan_lengths directory beside index.json"
+
+
+def _converter_window_len(spec: StreamSpec, layout: Layout) -> int | None:
+    """``L + 1`` if ``spec``'s data are overlapping windows written by scripts/mds_convert.py for seq_len ``L``
+    (its conversion.json says so and the encoding has that fixed length), else None."""
+    path = os.path.join(spec.local, CONVERSION_FILE)
+    if layout.kind != "tokens" or layout.fixed_len is None or not os.path.isfile(path):
+        return None
+    try:
+        seq_len = json.loads(open(path).read()).get("seq_len")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return layout.fixed_len if isinstance(seq_len, int) and seq_len + 1 == layout.fixed_len else None
 
 
 class Predownload:

@@ -25,7 +25,7 @@ from titan_recipes.errors import ConfigError, DataError, FingerprintMismatchErro
 from titan_recipes.data.mds.config import MosaicDataloader, MosaicDataset
 from titan_recipes.config import validate_job_config
 from titan_recipes.data import state as codec
-from titan_recipes.data.registry import SOURCES, build_dataloader, find_source, source_names
+from titan_recipes.data.registry import SOURCES, build_dataloader
 from titan_recipes.data.mds import (
     CONVERSION_FILE,
     MDSLoader,
@@ -401,9 +401,11 @@ def test_missing_directory_names_the_setting(tmp_path):
         make_loader(tmp_path / "nowhere")
 
 
-def test_seq_len_other_than_the_conversion_is_a_data_error(mds_dir):
-    with pytest.raises(DataError, match=r"samples of 17 tokens.*training.seq_len = 32.*--seq-len 32"):
-        make_loader(mds_dir, seq_len=32)
+def test_seq_len_other_than_the_conversion_is_repacked_with_a_warning(mds_dir, caplog):
+    # Was a DataError; now packed (test_layouts.py checks the windows). The log says what happens.
+    loader = make_loader(mds_dir, seq_len=32)
+    assert loader.packed is not None
+    assert re.search(r"windows converted for seq_len 16, but training.seq_len = 32.*--seq-len 32", caplog.text)
 
 
 def test_an_empty_epoch_is_refused(mds_dir, other_dir):
@@ -730,10 +732,9 @@ def test_validation_is_a_finite_unshuffled_pass_cut_by_rank(corpus, other_corpus
     [
         ({}, {}, ConfigError, r"validation.dataset = 'mds' needs .*mosaic_dataloader.validation_streams"),
         ({"v": {"local": "DIR", "proportion": 0.5}}, {}, ConfigError, r"Unknown key\(s\) \['proportion'\] in `mosaic_dataloader.validation_streams.v`"),
-        ({"v": {"local": "DIR"}}, {"seq_len": 32}, DataError, r"validation.seq_len = 32 needs 33"),
         ({"v": {"local": "DIR"}}, {"local_batch_size": 10_000}, DataError, r"fewer than one global batch"),
     ],
-    ids=["no_streams", "weights", "seq_len", "too_small"],
+    ids=["no_streams", "weights", "too_small"],
 )
 def test_validation_errors(mds_dir, streams, kwargs, error, match):
     from titan_recipes.data.mds import build_mds_validation_loader
