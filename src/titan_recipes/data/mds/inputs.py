@@ -1,9 +1,12 @@
-"""Reading the input documents of a conversion: JSONL, Parquet, HF ``save_to_disk`` directories, .txt, hub datasets.
+"""Reading the input documents of a conversion: JSONL, Parquet, HF ``save_to_disk`` directories, .txt, hub
+datasets, MDS text datasets.
 
 Inputs (:func:`iter_input_documents`): JSONL (``.jsonl``/``.jsonl.gz``), Parquet (``.parquet``, read
 by record batch), a Hugging Face dataset directory written by ``save_to_disk``, plain text
 (``.txt``/``.txt.gz``, documents split on blank lines as :func:`titan_recipes.data.text.loader.read_documents`
-does), and a streamed Hugging Face hub dataset (:class:`HubDataset`, needs network access).
+does), a streamed Hugging Face hub dataset (:class:`HubDataset`, needs network access), and an MDS
+dataset with a ``text`` column, opened by :mod:`titan_recipes.data.mds.mds_input` (its token layouts
+are re-packed by the writer without passing through here).
 :class:`Documents` chains several inputs and cuts them to a document range.
 """
 
@@ -15,6 +18,7 @@ from typing import Any, Iterator, Union
 
 from ...errors import DataError
 from ..documents import iter_jsonl_texts
+from .mds_input import MdsInput, OpenedMds, open_mds_input
 
 
 iter_documents = iter_jsonl_texts
@@ -41,17 +45,19 @@ class HubDataset:
         return f"hf://{self.name}" + (f"/{self.config}" if self.config else "") + f"[{self.split}]"
 
 
-Input = Union[str, Path, HubDataset]
+Input = Union[str, Path, HubDataset, MdsInput]
 
 
 def input_kind(path: Path) -> str:
-    """``jsonl``, ``parquet``, ``hf_disk`` or ``txt`` for an input path; DataError for anything else."""
+    """``jsonl``, ``parquet``, ``hf_disk``, ``mds`` or ``txt`` for an input path; DataError for anything else."""
     if path.is_dir():
+        if (path / "index.json").is_file():
+            return "mds"
         if any((path / m).is_file() for m in HF_DISK_MARKERS):
             return "hf_disk"
         raise DataError(
-            f"Input directory {path} is not a Hugging Face dataset saved with save_to_disk (it has none "
-            f"of {', '.join(HF_DISK_MARKERS)})."
+            f"Input directory {path} is neither an MDS dataset (no index.json) nor a Hugging Face dataset "
+            f"saved with save_to_disk (it has none of {', '.join(HF_DISK_MARKERS)})."
         )
     if not path.is_file():
         raise DataError(f"Input file not found: {path}")
@@ -64,7 +70,8 @@ def input_kind(path: Path) -> str:
         return "txt"
     raise DataError(
         f"Input {path}: unknown kind. Accepted: .jsonl / .jsonl.gz, .parquet, .txt / .txt.gz (documents "
-        f"separated by blank lines), or a directory written by datasets' save_to_disk."
+        f"separated by blank lines), a directory written by datasets' save_to_disk, or an MDS directory "
+        f"(index.json; local or s3://...)."
     )
 
 
@@ -122,13 +129,21 @@ def _load_hf_disk(path: Path, split: str | None) -> Any:
     return loaded
 
 
-def iter_input_documents(source: Input, text_field: str = "text", split: str | None = None) -> Iterator[str]:
-    """The documents of one input, in file order, streamed (plain text is read whole).
+def iter_input_documents(
+    source: Input | OpenedMds, text_field: str = "text", split: str | None = None
+) -> Iterator[str]:
+    """The documents of one input, in file order, streamed (plain text is read whole; an MDS text
+    dataset, opened, in index order, one document per sample).
 
     ``text_field`` names the JSONL key / Parquet or HF column; ``split`` picks the split of a saved
     ``DatasetDict``. Bad rows are DataErrors naming the file and the line (JSONL, 1-based) or row
     (Parquet, HF: 0-based).
     """
+    if isinstance(source, OpenedMds):
+        if source.layout != "text":
+            raise DataError(f"MDS input {source.source} holds tokens, not documents: it is re-packed, not tokenized.")
+        yield from source.iter_texts()
+        return
     if isinstance(source, HubDataset):
         import datasets
 
@@ -143,6 +158,10 @@ def iter_input_documents(source: Input, text_field: str = "text", split: str | N
         yield from _iter_parquet(path, text_field)
     elif kind == "hf_disk":
         yield from _iter_hf(_load_hf_disk(path, split), str(path), text_field)
+    elif kind == "mds":
+        from .compat import import_streaming
+
+        yield from iter_input_documents(open_mds_input(import_streaming(), MdsInput(str(path)), None))
     else:
         from ..text.loader import read_documents
 
@@ -194,6 +213,8 @@ class Documents:
         for src in self.inputs:
             if isinstance(src, HubDataset):
                 out.append({"hf_dataset": src.name, "config": src.config, "split": src.split})
+            elif isinstance(src, OpenedMds):
+                out.append(src.describe())
             elif src.is_dir():
                 size = sum(f.stat().st_size for f in sorted(src.rglob("*")) if f.is_file())
                 out.append({"path": str(src), "bytes": size, "split": self.split})

@@ -214,7 +214,7 @@ def test_bad_jsonl_hf_and_unknown_inputs_are_data_errors(tmp_path, corpus):
     with pytest.raises(DataError, match=r"notes.md: unknown kind. Accepted: .jsonl"):
         convert([tmp_path / "notes.md"], tmp_path / "o5")
     (tmp_path / "plain_dir").mkdir()
-    with pytest.raises(DataError, match=r"not a Hugging Face dataset saved with save_to_disk"):
+    with pytest.raises(DataError, match=r"neither an MDS dataset \(no index.json\) nor a Hugging Face dataset saved with save_to_disk"):
         convert([tmp_path / "plain_dir"], tmp_path / "o6")
     assert not (tmp_path / "o5").exists()  # checked before anything is written
 
