@@ -17,7 +17,7 @@ from titan_recipes.data import state as codec
 from titan_recipes.data.blendcorpus.config import BlendCorpus
 from titan_recipes.config import JobConfig, validate_job_config
 from titan_recipes.errors import ConfigError, DataError, FingerprintMismatchError
-from titan_recipes.data.registry import SOURCES, build_dataloader, find_source, source_names
+from titan_recipes.data.registry import SOURCES, build_dataloader
 from titan_recipes.data.blendcorpus import plan as blend_module
 from titan_recipes.data.blendcorpus.loader import BlendCorpusLoader
 from titan_recipes.data.blendcorpus.plan import greedy_blend, split_bounds

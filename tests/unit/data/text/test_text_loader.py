@@ -21,7 +21,7 @@ from configs import job_config
 
 from titan_recipes.errors import ConfigError, DataError, FingerprintMismatchError
 from titan_recipes.data.text.config import TextData
-from titan_recipes.data.registry import SOURCES, build_dataloader, find_source, source_names
+from titan_recipes.data.registry import build_dataloader, source_names
 from titan_recipes.data import state as codec
 from titan_recipes.data.global_order import GlobalOrderLoader
 from titan_recipes.data.text.config import EMBEDDED_DATASETS, REPO_ROOT
