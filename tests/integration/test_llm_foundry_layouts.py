@@ -41,6 +41,16 @@ def mds_toml(tmp_path: Path, local: Path, extra: str = "") -> dict[str, str]:
     return {"CONFIG_FILE": str(toml)}
 
 
+def train_four_packed_steps(tmp_path: Path, local: Path, extra: str) -> None:
+    """4 steps of the debug recipe on ``local``: the samples are packed, and the loss falls."""
+    run = tmp_path / "run"
+    proc = launch(DEBUG_RECIPE, 1, run, "--training.steps", "4", "--checkpoint.no-enable", env=mds_toml(tmp_path, local, extra))
+    assert_ok(proc)
+    assert "samples packed into windows of 257 tokens" in proc.stdout
+    train = [r["loss_metrics/global_avg_loss"] for r in read_metrics(run / "metrics.jsonl") if "loss_metrics/global_avg_loss" in r]
+    assert len(train) == 4 and train[-1] < train[0]
+
+
 @pytest.fixture(scope="module")
 def documents() -> list[str]:
     return read_documents(resolve_text_path("tinyshakespeare", None), "\n\n")
@@ -116,12 +126,7 @@ def test_token_layouts_train(layout, tmp_path, documents):
         samples, columns = ({"tokens": d.astype(np.uint16)} for d in docs), {"tokens": "ndarray:uint16"}
     local = write_llm_foundry(tmp_path / layout, columns, samples)
     extra = 'token_encoding_type = "int64"\n' if layout == "bytes_int64" else ""
-    run = tmp_path / "run"
-    proc = launch(DEBUG_RECIPE, 1, run, "--training.steps", "4", "--checkpoint.no-enable", env=mds_toml(tmp_path, local, extra))
-    assert_ok(proc)
-    assert "samples packed into windows of 257 tokens" in proc.stdout
-    train = [r["loss_metrics/global_avg_loss"] for r in read_metrics(run / "metrics.jsonl") if "loss_metrics/global_avg_loss" in r]
-    assert len(train) == 4 and train[-1] < train[0]
+    train_four_packed_steps(tmp_path, local, extra)
 
 
 def test_text_layout_with_a_tokenizer_saved_by_transformers(tmp_path, documents):
@@ -133,9 +138,4 @@ def test_text_layout_with_a_tokenizer_saved_by_transformers(tmp_path, documents)
     AutoTokenizer.from_pretrained(str(TOKENIZER)).save_pretrained(str(saved))
     local = write_llm_foundry(tmp_path / "text", {"text": "str"}, ({"text": d} for d in documents[:3000]))
     extra = f'[mosaic_tokenizer]\nname = "{saved}"\nkwargs = {{ model_max_length = 4096, padding_side = "left" }}\n'
-    run = tmp_path / "run"
-    proc = launch(DEBUG_RECIPE, 1, run, "--training.steps", "4", "--checkpoint.no-enable", env=mds_toml(tmp_path, local, extra))
-    assert_ok(proc)
-    assert "samples packed into windows of 257 tokens" in proc.stdout
-    train = [r["loss_metrics/global_avg_loss"] for r in read_metrics(run / "metrics.jsonl") if "loss_metrics/global_avg_loss" in r]
-    assert len(train) == 4 and train[-1] < train[0]
+    train_four_packed_steps(tmp_path, local, extra)

@@ -251,3 +251,29 @@ def test_encode_documents_equals_encode_one_at_a_time(tokenizer, docs):
     batched = encode_documents(tokenizer, docs[:50])
     for doc, ids in zip(docs[:50], batched):
         assert ids.tolist() == tokenizer.encode(doc, add_bos=True, add_eos=True)
+
+
+def test_packed_non_iid_ranks_pack_their_own_orders(tmp_path, token_docs):
+    first = mds_writer(tmp_path / "a", {"tokens": "ndarray:int32"}, [{"tokens": t.astype(np.int32)} for t in token_docs[:60]])
+    second = mds_writer(tmp_path / "b", {"tokens": "ndarray:int32"}, [{"tokens": t.astype(np.int32)} for t in token_docs[60:]])
+    streams = [StreamSpec("a", str(first)), StreamSpec("b", str(second))]
+    rank_streams = {0: [streams[0]], 1: [streams[1]]}
+    ranks = [loader(None, streams=streams, rank_streams=rank_streams, dp_rank=r, dp_world_size=2) for r in range(2)]
+    for r, mds in enumerate(ranks):
+        got = rows(take(mds, 6))
+        # rank r's stream is its own documents in its own epoch order (sample ids are global: b's start at 60)
+        np.testing.assert_array_equal(got, reference_windows(mds, token_docs, 6 * B))
+        assert set(np.concatenate([mds.order.epoch_order(0)])) <= set(range(60) if r == 0 else range(60, 120))
+
+
+def test_packed_reads_compressed_shards_with_predownload(tmp_path, tokenizer, docs):
+    import_streaming()
+    from streaming.base.format.mds.writer import MDSWriter
+
+    local = tmp_path / "zstd"
+    with MDSWriter(out=str(local), columns={"text": "str"}, compression="zstd", size_limit=1500) as writer:
+        for d in docs:
+            writer.write({"text": d})
+    plain = take(loader(tmp_path / "zstd", tokenizer=tokenizer), 5)
+    ahead = loader(local, tokenizer=tokenizer, predownload=16)
+    assert_batches_equal(take(ahead, 5), plain)

@@ -63,10 +63,10 @@ def sp_dir(tmp_path_factory) -> Path:
     return out
 
 
-def mds_job(tmp_path, name="", kwargs=None, backend="hf", hf_assets_path=None, seq_len=256):
+def mds_job(tmp_path, name="", kwargs=None, backend="hf", hf_assets_path=None, seq_len=256, dataset="mds"):
     return job_config(
         model={"hf_assets_path": hf_assets_path or str(tmp_path / "not_used"), "tokenizer_backend": backend},
-        training={"dataset": "mds", "seq_len": seq_len},
+        training={"dataset": dataset, "seq_len": seq_len},
         mosaic_dataloader={"dataset": {"local": str(tmp_path)}},
         mosaic_tokenizer=MosaicTokenizer(name=name, kwargs=kwargs or {}),
     )
@@ -109,11 +109,13 @@ def test_hub_name_from_the_local_cache(tmp_path, monkeypatch):
         ("bpe", {"model_max_length": 128}, r"model_max_length = 128 is below training.seq_len = 256"),
         ("bpe", {"local_files_only": False}, r"local_files_only = False: tokenizers are never downloaded"),
         ("no_such_dir/", {}, r"mosaic_tokenizer.name = 'no_such_dir/'"),
+        ("bpe:tinyshakespeare", {}, r"\[mosaic_tokenizer\] is set but training.dataset = 'tinyshakespeare'"),
     ],
-    ids=["kwargs_without_name", "too_short", "download_asked", "missing_dir"],
+    ids=["kwargs_without_name", "too_short", "download_asked", "missing_dir", "not_mds"],
 )
 def test_config_errors_name_the_key(tmp_path, name, kwargs, match):
-    job = mds_job(tmp_path, name=str(BPE_DIR) if name == "bpe" else name, kwargs=kwargs)
+    name, _, dataset = name.partition(":")
+    job = mds_job(tmp_path, name=str(BPE_DIR) if name == "bpe" else name, kwargs=kwargs, dataset=dataset or "mds")
     with pytest.raises(ConfigError, match=match):
         build_tokenizer(job)
 
