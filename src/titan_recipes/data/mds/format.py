@@ -66,3 +66,21 @@ def tokenizer_sha256(tokenizer_dir: str | Path) -> str | None:
     """Hash of ``tokenizer.json`` in an HF assets directory (None if there is none)."""
     path = Path(tokenizer_dir) / "tokenizer.json"
     return sha256_file(path) if path.is_file() else None
+
+
+def converter_windows_seq_len(directory: str | Path, fixed_len: int | None, where: str) -> int | None:
+    """``L`` when ``directory`` holds windows written by scripts/mds_convert.py for seq_len ``L`` (its
+    ``conversion.json`` says so and the token encoding's fixed length ``fixed_len`` is ``L + 1``):
+    consecutive samples then overlap by one token. None otherwise. An unreadable ``conversion.json`` is
+    a DataError naming ``where``: guessing would duplicate or drop tokens."""
+    path = Path(directory) / CONVERSION_FILE
+    if fixed_len is None or not path.is_file():
+        return None
+    try:
+        seq_len = json.loads(path.read_text()).get("seq_len")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise DataError(
+            f"{where}: {path} is unreadable ({type(e).__name__}: {e}); it says whether the samples are "
+            f"overlapping windows. Restore it, or delete it if the data was not written by scripts/mds_convert.py."
+        ) from None
+    return seq_len if isinstance(seq_len, int) and seq_len + 1 == fixed_len else None

@@ -169,13 +169,9 @@ class MDSLoader(GlobalOrderLoader):
         return {"layouts": [layout.describe() for layout in layouts], "tokenizer": lengths.tokenizer_fp,
                 "overlapping_windows": self.data.window_len, "stride": self.seq_len}
 
-    def document(self, sample_id: int) -> np.ndarray:
-        """A packed sample's tokens as they enter the stream (text tokenized; converter windows less their
-        last token). The last documents read are kept, since consecutive windows share them."""
-        docs = self._documents([sample_id])
-        return docs[sample_id]
-
     def _documents(self, sample_ids) -> dict[int, np.ndarray]:
+        """Packed samples' tokens as they enter the stream (text tokenized, in one batch; converter windows
+        less their last token). The last 256 read are kept: consecutive windows share documents."""
         out, text = {}, []
         for sid in dict.fromkeys(int(s) for s in sample_ids):
             if sid in self._docs:

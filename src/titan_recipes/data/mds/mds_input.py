@@ -26,7 +26,6 @@ is kept self-contained on purpose (converter only, no loader state).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,7 +39,7 @@ from ...errors import DataError
 from ..integrity import check_token_ids
 from .compat import remote_error
 from .layouts import Layout, detect_layout
-from .format import CONVERSION_FILE, fixed_sample_len, read_index, sha256_file
+from .format import CONVERSION_FILE, converter_windows_seq_len, read_index, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,8 @@ class OpenedMds:
         self.layout_spec = self._layout()
         self.layout, self.column, self.encoding = self.layout_spec.kind, self.layout_spec.column, self.layout_spec.encoding
         self.dtype: np.dtype | None = self.layout_spec.dtype
-        self.window_seq_len = self._overlapping_windows()
+        self.window_seq_len = None if self.layout != "tokens" else converter_windows_seq_len(
+            self.local, self.layout_spec.fixed_len, f"MDS input {source}")
         """``L`` when the samples are our own windows of ``L + 1`` tokens with stride ``L``, else None."""
 
     def __str__(self) -> str:
@@ -154,23 +154,6 @@ class OpenedMds:
                 )
             layouts.append(layout)
         return layouts[0]
-
-    def _overlapping_windows(self) -> int | None:
-        path = self.local / CONVERSION_FILE
-        if self.layout != "tokens" or not path.is_file():
-            return None
-        try:
-            seq_len = json.loads(path.read_text()).get("seq_len")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-            # It decides whether windows overlap: guessing would duplicate or drop tokens.
-            raise DataError(
-                f"MDS input {self.source}: {path} is unreadable ({type(e).__name__}: {e}); it says whether the "
-                f"samples are overlapping windows. Restore it, or delete it if the data was not written by "
-                f"scripts/mds_convert.py."
-            ) from None
-        if isinstance(seq_len, int) and fixed_sample_len(self.encoding) == seq_len + 1:
-            return seq_len
-        return None
 
     def describe(self) -> dict[str, Any]:
         """What ``conversion.json`` records about this input."""

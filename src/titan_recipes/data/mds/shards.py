@@ -21,7 +21,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..integrity import VALIDATE_HASH_HINT, check_mds_shard, check_token_ids
 from .compat import remote_error
-from .format import CONVERSION_FILE, SHARD_HASH, read_index
+from .format import CONVERSION_FILE, SHARD_HASH, converter_windows_seq_len, read_index
 from .layouts import Layout, detect_layout
 from .streams import StreamSpec
 
@@ -130,7 +130,9 @@ class ShardSet:
             self.index_hashes.append(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest())
             shards, layout = self._load_shards(st, stream, spec)
             self.layouts.append(layout)
-            self.window_len.append(_converter_window_len(spec, layout))
+            seq_len = None if layout.kind != "tokens" else converter_windows_seq_len(
+                spec.local, layout.fixed_len, f"MDS stream '{spec.name}' ({spec.setting})")
+            self.window_len.append(None if seq_len is None else seq_len + 1)
             # Downloads are hash-checked whenever index.json has hashes; local shards with validate_hash
             # (streaming never checks a local raw shard: integrity.check_mds_shard does, in prepare).
             stream.validate_hash = spec.validate_hash or (common_hash(shards) if spec.remote else None)
@@ -302,19 +304,6 @@ class ShardSet:
 
 
 LENGTHS_HINT = "the .titan_lengths directory beside index.json"
-
-
-def _converter_window_len(spec: StreamSpec, layout: Layout) -> int | None:
-    """``L + 1`` if ``spec``'s data are overlapping windows written by scripts/mds_convert.py for seq_len ``L``
-    (its conversion.json says so and the encoding has that fixed length), else None."""
-    path = os.path.join(spec.local, CONVERSION_FILE)
-    if layout.kind != "tokens" or layout.fixed_len is None or not os.path.isfile(path):
-        return None
-    try:
-        seq_len = json.loads(open(path).read()).get("seq_len")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return layout.fixed_len if isinstance(seq_len, int) and seq_len + 1 == layout.fixed_len else None
 
 
 class Predownload:
