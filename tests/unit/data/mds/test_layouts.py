@@ -277,3 +277,13 @@ def test_packed_reads_compressed_shards_with_predownload(tmp_path, tokenizer, do
     plain = take(loader(tmp_path / "zstd", tokenizer=tokenizer), 5)
     ahead = loader(local, tokenizer=tokenizer, predownload=16)
     assert_batches_equal(take(ahead, 5), plain)
+
+
+def test_an_unreadable_conversion_record_is_an_error_not_a_guess(tmp_path, corpus):
+    from batches import write_jsonl
+
+    out = tmp_path / "mds"
+    write_mds([write_jsonl(tmp_path / "c.jsonl", corpus.docs)], TOKENIZER_DIR, 8, out, progress=False)
+    (out / "conversion.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"MDS stream 'data'.*conversion.json is unreadable.*overlapping windows"):
+        loader(out)
