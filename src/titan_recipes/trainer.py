@@ -33,6 +33,7 @@ from .config import validate_config  # noqa: E402
 from .domain_loss import build_domain_loss  # noqa: E402
 from .extensions import Monitors, TrainerExtension  # noqa: E402
 from .guard import DivergenceGuard  # noqa: E402
+from .hf.load import check_initial_load  # noqa: E402
 from .monitor import build_monitors  # noqa: E402
 from .records import write_run_record  # noqa: E402
 from .specs import register_recipe_spec, register_recipe_specs  # noqa: E402
@@ -52,6 +53,7 @@ class RecipeTrainer(Trainer):
         self.preemption = preemption.Preemption(job_config)
         register_recipe_spec(job_config.model.name)  # recipes.<any TrainSpec>, on first use
         write_run_record(job_config)
+        check_initial_load(job_config)  # before torchtitan loads HF weights by name, whatever they are
         super().__init__(job_config)
         install_checkpointer(self)  # resume from the newest full checkpoint; clean failed saves
         self.extensions.append(DivergenceGuard(self))  # [launch] on_nonfinite; first: it may stop the step

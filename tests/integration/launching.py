@@ -10,6 +10,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEBUG_RECIPE = REPO / "recipes" / "debug"
+SHORT = ("--training.steps", "4", "--checkpoint.interval", "2")
+"""4 steps of the debug recipe: a full checkpoint at step 2, the weights-only final save at step 4
+(conftest.py's shared ``short_debug_run``)."""
 
 
 def launch(recipe: Path, nproc: int, run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,6 +13,8 @@
     titan-recipes runs list [DIR] | compare RUN_A RUN_B | plot RUN [--recipe R] [-o PNG]   # run records
     titan-recipes new SRC_RECIPE DST_DIR [--name NAME]        # copy a recipe, fixtures cleared
     titan-recipes image gpu [RECIPE] [-- ...] | edf [PATH] | verify   # GPU check of a node, image checks
+    titan-recipes export hf RUN_DIR OUT_DIR [--step N] [--dtype D]   # a checkpoint -> HuggingFace model dir
+    titan-recipes export hf-init HF_DIR OUT_DIR --flavor F            # HF weights -> initial_load_in_hf dir
 
 ``check`` and ``verify`` print |diff| against the tolerance per step and exit 1 on a mismatch.
 """
@@ -34,7 +36,7 @@ import importlib
 import sys
 from typing import Callable
 
-GROUPS = ("fixtures", "runs", "new", "mixture", "image")
+GROUPS = ("fixtures", "runs", "new", "mixture", "image", "export")
 """The command groups, in the order ``--help`` lists them: modules of this package."""
 
 
