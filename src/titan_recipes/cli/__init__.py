@@ -15,6 +15,7 @@
     titan-recipes image gpu [RECIPE] [-- ...] | edf [PATH] | verify   # GPU check of a node, image checks
     titan-recipes export hf RUN_DIR OUT_DIR [--step N] [--dtype D]   # a checkpoint -> HuggingFace model dir
     titan-recipes export hf-init HF_DIR OUT_DIR --flavor F            # HF weights -> initial_load_in_hf dir
+    titan-recipes eval RUN_DIR --tasks T1,T2 [--steps all|last|N,M] [--limit K]   # lm-eval scores per step
 
 ``check`` and ``verify`` print |diff| against the tolerance per step and exit 1 on a mismatch.
 """
@@ -36,7 +37,7 @@ import importlib
 import sys
 from typing import Callable
 
-GROUPS = ("fixtures", "runs", "new", "mixture", "image", "export")
+GROUPS = ("fixtures", "runs", "new", "mixture", "image", "export", "eval")
 """The command groups, in the order ``--help`` lists them: modules of this package."""
 
 

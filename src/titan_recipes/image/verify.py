@@ -20,9 +20,12 @@ from .lock import GpuLock
 LIBNCCL = re.compile(r"^libnccl\.so(\.\d+)*$")
 STREAMING_UNDECLARED = "mosaicml-streaming"
 """Pinned without its declared dependency set (see the locks), so ``pip check`` lines about it are expected."""
-UNDECLARED_BY_CHOICE = (("transformers", "typer"),)
-"""(package, requirement) pairs left out of the locks on purpose: transformers needs typer only for its
-``transformers`` command line, which nothing here runs (env/README.md)."""
+UNDECLARED_BY_CHOICE = (("transformers", "typer"),) + tuple(
+    ("lm-eval", req) for req in ("evaluate", "more-itertools", "pytablewriter", "rouge-score", "scikit-learn",
+                                 "sqlitedict", "word2number"))
+"""(package, requirement) pairs left out of the locks on purpose (env/README.md): transformers needs typer
+only for its ``transformers`` command line; lm-eval needs the others only for generation metrics, result
+tables, its request cache and vLLM, none of which ``titan-recipes eval`` uses."""
 
 
 def find_nccl_libraries(roots: list[Path]) -> list[Path]:
