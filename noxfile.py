@@ -1,7 +1,7 @@
 """nox sessions for titan-recipes. All sessions share one pinned environment in ``.venv``.
 
     nox -s debug       train the debug recipe on the embedded data, check it against its fixture (~1 min)
-    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~23 min)
+    nox -s tests       the whole test suite: unit tests + real CPU training runs          (~24 min)
     nox -s tests_fast  unit tests and the fast integration tests (-m "not slow")          (shorter; not re-measured)
     nox -s smoke       every recipe's CPU fixture entries for this torch, trained and compared
     nox -s bench       MDS loader, remote streaming and mixture loader throughput -> runs/bench/  (not in the default)
