@@ -139,3 +139,31 @@ def test_text_layout_with_a_tokenizer_saved_by_transformers(tmp_path, documents)
     local = write_llm_foundry(tmp_path / "text", {"text": "str"}, ({"text": d} for d in documents[:3000]))
     extra = f'[mosaic_tokenizer]\nname = "{saved}"\nkwargs = {{ model_max_length = 4096, padding_side = "left" }}\n'
     train_four_packed_steps(tmp_path, local, extra)
+
+
+def test_text_layout_preempted_with_loader_workers_resumes_exactly(uninterrupted, text_env, tmp_path):
+    """SIGTERM to every process of the job, as Slurm sends it, while 2 loader workers tokenize: the
+    trainer saves at a step boundary (the workers ignore the signal), and the relaunch with 0 workers
+    continues bitwise."""
+    import os
+    import re
+    import signal
+
+    from launching import process_descendants, process_parents
+    from test_preemption_matrix import _logged, _start, _torchrun, _wait  # the matrix's own launch helpers
+
+    args = ["--training.steps", str(STEPS), "--checkpoint.interval", str(STOP)]
+    run = tmp_path / "run"
+    proc, out = _start("debug", 1, run, [*args, "--mosaic_dataloader.num_workers", "2"], text_env)
+    torchrun = _torchrun(proc, 1, out)
+    _wait(proc, out, lambda: _logged(run, 2), "step 2")
+    for pid in [torchrun, *process_descendants(torchrun, process_parents())]:
+        os.kill(pid, signal.SIGTERM)
+    proc.wait(timeout=600)
+    text = out.read_text()
+    saved = re.search(r"preempted: saved checkpoint at step (\d+), exiting with code 143", text)
+    assert saved and "reading with 2 worker process(es)" in text, text[-4000:]
+    second = launch(DEBUG_RECIPE, 1, run, *args, env=text_env)
+    assert_ok(second)
+    assert f"Training starts at step {int(saved.group(1)) + 1}" in second.stdout
+    assert fx.run_losses(run) == fx.run_losses(uninterrupted)  # every step, full precision
