@@ -109,10 +109,12 @@ class SampleLengths:
         rank, world = int(os.environ.get("RANK", 0)), max(int(os.environ.get("WORLD_SIZE", 1)), 1)
         start = rank * len(todo) // world  # ranks sharing local start at different shards
         todo = todo[start:] + todo[:start]
-        paths = {}
+        paths, dirs = {}, {}
         for k in todo:
             spec = self.shards.specs[self.shards.shard_stream[k]]
-            paths[k] = _cache_dir(spec.local) / f"{self.shards.shards[k].raw_data.basename}.{self._key(k)}.npy"
+            if spec.local not in dirs:  # one writability probe per stream, not per shard
+                dirs[spec.local] = _cache_dir(spec.local)
+            paths[k] = dirs[spec.local] / f"{self.shards.shards[k].raw_data.basename}.{self._key(k)}.npy"
         bar = None
         if progress and rank == 0:
             from tqdm import tqdm
