@@ -7,22 +7,23 @@ so registering again continues with the remaining files; registering a finished 
 nothing. A file that changed (size or mtime) after it was indexed is an error naming it.
 
 :class:`IndexRegistration` holds the writing methods of :class:`~.index.SampleIndex` (which inherits
-them): ``register_dataset`` and ``remove_dataset``, with the metadata parser glue (one row of property
-values per JSON line, checked against the parser's declared properties). :func:`find_jsonl_files`
-finds the files; :func:`open_binary` and :func:`iter_lines` read them (and :class:`~.index.TextReader`).
+them): ``register_dataset``, ``import_parsed`` (the rows of files parsed beforehand, possibly in
+parallel, by :func:`~.bulk.parse_file`) and ``remove_dataset``. The rows themselves (one per
+non-blank JSON line, property values checked against the parser's declared properties) come from
+:func:`~.bulk.iter_rows`; a worker thread parses the next files while this one inserts.
+:func:`find_jsonl_files` finds the files; :func:`~.bulk.open_binary` and :func:`~.bulk.iter_lines`
+(re-exported here) read them, as :class:`~.index.TextReader` does.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
-import io
-import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -30,13 +31,21 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from ...errors import ConfigError, DataError
+from .bulk import iter_lines, iter_rows, open_binary
 from .parsers import MetadataParser, resolve_parser
+
+if TYPE_CHECKING:
+    from .bulk import ParsedFile
+
+__all__ = ["IndexRegistration", "RegistrationReport", "find_jsonl_files", "iter_lines", "open_binary"]
 
 logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 INSERT_BATCH = 65_536
 """Samples buffered before one Arrow batch is inserted."""
+PARSE_AHEAD = 2
+"""Files parsed ahead of the one being inserted (their rows, not their texts, are held in memory)."""
 
 
 @dataclass(frozen=True)
@@ -72,23 +81,9 @@ def find_jsonl_files(path_or_glob: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def open_binary(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        # pyarrow (pinned) decompresses zstd as a stream; the `zstd` module only does whole buffers.
-        return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(str(path)), "zstd"))
-    return open(path, "rb")
-
-
-def iter_lines(path: Path) -> Iterator[tuple[int, int | None, bytes]]:
-    """``(line number from 1, byte offset or None for compressed files, line bytes)`` of a JSONL file."""
-    plain = not path.name.endswith((".gz", ".zst"))
-    offset = 0
-    with open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            yield lineno, offset if plain else None, raw
-            offset += len(raw)
+def dataset_root(path_or_glob: str | os.PathLike[str]) -> str:
+    """The ``root`` a dataset records: the resolved path when it exists, else the glob as given."""
+    return str(path_or_glob) if not Path(path_or_glob).exists() else str(Path(path_or_glob).resolve())
 
 
 class IndexRegistration:
@@ -117,9 +112,51 @@ class IndexRegistration:
             )
         parser = resolve_parser(parser)
         files = find_jsonl_files(path_or_glob)
-        root = str(path_or_glob) if not Path(path_or_glob).exists() else str(Path(path_or_glob).resolve())
-        # The dataset row, its property columns and the file rows in one transaction: a conflict
-        # (another parser, a changed file) leaves the index as it was.
+        dataset_id, todo, skipped = self._begin_dataset(name, dataset_root(path_or_glob), parser, files, path_or_glob)
+        if skipped:
+            logger.info("Dataset %s: %d of %d file(s) already indexed, skipped.", name, skipped, len(files))
+
+        added = 0
+        # A worker thread parses the next files while this one inserts (DuckDB and numpy release the
+        # GIL); files are still committed one by one in path order, so a failure in file k leaves
+        # files before k done and nothing of k or later.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mixture-parse")
+        parse = lambda path: list(iter_rows(path, parser, batch_rows=INSERT_BATCH))  # noqa: E731
+        ahead = [pool.submit(parse, t[1]) for t in todo[:PARSE_AHEAD]]
+        try:
+            with tqdm(
+                total=sum(t[2] for t in todo), unit="B", unit_scale=True,
+                desc=f"register {name}", disable=not progress or not todo,
+            ) as bar:
+                next_id = self._next_id("samples")
+                for i, (file_id, path, size, known) in enumerate(todo):
+                    if i + PARSE_AHEAD < len(todo):
+                        ahead.append(pool.submit(parse, todo[i + PARSE_AHEAD][1]))
+                    tables = ahead.pop(0)
+                    n = self._index_file(dataset_id, file_id, path, parser, next_id, known, tables)
+                    next_id += n
+                    added += n
+                    bar.update(size)
+                    bar.set_postfix(samples=added)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        total = self.num_samples(name)
+        logger.debug(  # returned as the report; `titan-recipes mixture register` prints it (INFO printed it twice)
+            "Dataset %s: indexed %d file(s), %d new sample(s); %d sample(s) in %d file(s) in all.",
+            name, len(todo), added, total, len(files),
+        )
+        return RegistrationReport(name, len(todo), skipped, added, total)
+
+    def _begin_dataset(
+        self, name: str, root: str, parser: MetadataParser, files: list[Path], source: object
+    ) -> tuple[int, list[tuple[int, Path, int, bool]], int]:
+        """The dataset row, its property columns and the file rows, in one transaction (a conflict:
+        another parser, a changed file, leaves the index as it was): dataset id, files to index now
+        (id, path, size, known before), number skipped as done."""
+        if self.read_only:
+            raise DataError(
+                f"The sample index {self.path} is open read-only; open it with read_only=False to register."
+            )
         self.con.begin()
         try:
             dataset_id = self._dataset_row(name, root, parser)
@@ -133,33 +170,70 @@ class IndexRegistration:
         if stale:
             logger.warning(
                 "Dataset %s: %d indexed file(s) are not matched by %s any more and stay in the index, e.g. %s",
-                name, len(stale), path_or_glob, sorted(stale)[0],
+                name, len(stale), source, sorted(stale)[0],
             )
-        if skipped:
-            logger.info("Dataset %s: %d of %d file(s) already indexed, skipped.", name, skipped, len(files))
+        return dataset_id, todo, skipped
 
-        added = 0
-        with tqdm(
-            total=sum(size for _, _, size in todo), unit="B", unit_scale=True,
-            desc=f"register {name}", disable=not progress or not todo,
-        ) as bar:
-            for file_id, path, size in todo:
-                added += self._index_file(dataset_id, file_id, path, parser)
-                bar.update(size)
-                bar.set_postfix(samples=added)
-        total = self.num_samples(name)
-        logger.debug(  # returned as the report; `titan-recipes mixture register` prints it (INFO printed it twice)
-            "Dataset %s: indexed %d file(s), %d new sample(s); %d sample(s) in %d file(s) in all.",
-            name, len(todo), added, total, len(files),
-        )
-        return RegistrationReport(name, len(todo), skipped, added, total)
+    def import_parsed(
+        self, name: str, root: str | os.PathLike[str], parser: str | MetadataParser, parsed: list[ParsedFile]
+    ) -> RegistrationReport:
+        """Import :func:`~.bulk.parse_file` results as dataset ``name`` registered from ``root`` (what
+        ``register_dataset`` was given): the same rows and ids as ``register_dataset(name, root, parser)``
+        of those files. Files are taken in sorted path order, each in one transaction that marks it
+        done; done files are skipped, so a rerun after a crash continues. DataError when a JSONL file
+        changed after it was parsed; ConfigError when a result came from another parser."""
+        parser = resolve_parser(parser)
+        by_path = {}
+        for item in parsed:
+            if item.parser != parser.name:
+                raise ConfigError(
+                    f"{item.out_path} was parsed with parser {item.parser!r}, not {parser.name!r}; parse "
+                    f"{item.path} again with {parser.name!r} (parse_file) or import with {item.parser!r}."
+                )
+            by_path[Path(item.path)] = item
+        files = sorted(by_path)
+        for path in files:
+            st, item = path.stat(), by_path[path]
+            if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+                raise DataError(
+                    f"{path} changed after it was parsed into {item.out_path} (size {item.size} -> {st.st_size}, "
+                    f"mtime_ns {item.mtime_ns} -> {st.st_mtime_ns}); parse it again (parse_file) before importing."
+                )
+        dataset_id, todo, skipped = self._begin_dataset(
+            name, dataset_root(root), parser, files, f"the {len(files)} parsed file(s)")
+        props = [f'"{p}"' for p in parser.properties]
+        col_sql = ", ".join(["id", "dataset_id", "file_id", "line", "byte_offset", "n_bytes", *props])
+        added, first = 0, self._next_id("samples")
+        for file_id, path, _, known in todo:
+            self.con.begin()
+            try:
+                if known:
+                    self.con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
+                try:
+                    n = self.con.execute(
+                        f"INSERT INTO samples ({col_sql}) SELECT ? + row_number() OVER (ORDER BY line) - 1, ?, ?, "
+                        f"line, byte_offset, n_bytes, {', '.join(props)} FROM read_parquet(?)",
+                        [first, dataset_id, file_id, by_path[path].out_path],
+                    ).fetchone()[0]
+                except duckdb.Error as e:
+                    raise DataError(
+                        f"Cannot import {by_path[path].out_path} (the rows of {path}): {str(e).splitlines()[0]}. Parse the file again "
+                        f"(parse_file) and import again; files imported so far stay done."
+                    ) from None
+                self.con.execute("UPDATE files SET n_samples = ?, done = TRUE WHERE id = ?", [n, file_id])
+                self.con.commit()
+            except BaseException:
+                self.con.rollback()
+                raise
+            added, first = added + n, first + n
+        return RegistrationReport(name, len(todo), skipped, added, self.num_samples(name))
 
     def _plan_files(
         self, name: str, dataset_id: int, files: list[Path]
-    ) -> tuple[dict[str, tuple[int, int, int, bool]], list[tuple[int, Path, int]], int]:
+    ) -> tuple[dict[str, tuple[int, int, int, bool]], list[tuple[int, Path, int, bool]], int]:
         """Rows of ``files`` for the files of this dataset: the known ones (path -> id, size, mtime_ns,
-        done), the ones to index now (id, path, size) and how many are skipped as done."""
-        todo: list[tuple[int, Path, int]] = []
+        done), the ones to index now (id, path, size, known before) and how many are skipped as done."""
+        todo: list[tuple[int, Path, int, bool]] = []
         skipped = 0
         known = {
             row[0]: row[1:]
@@ -189,7 +263,7 @@ class IndexRegistration:
                     "INSERT INTO files (id, dataset_id, path, size, mtime_ns) VALUES (?, ?, ?, ?, ?)",
                     [file_id, dataset_id, str(path), st.st_size, st.st_mtime_ns],
                 )
-            todo.append((file_id, path, st.st_size))
+            todo.append((file_id, path, st.st_size, str(path) in known))
         return known, todo, skipped
 
     def remove_dataset(self, name: str) -> None:
@@ -242,61 +316,21 @@ class IndexRegistration:
             self.con.execute(f'ALTER TABLE samples ADD COLUMN "{prop}" {typ}')
             self.con.execute("INSERT INTO properties VALUES (?, ?, ?)", [prop, typ, parser.name])
 
-    def _index_file(self, dataset_id: int, file_id: int, path: Path, parser: MetadataParser) -> int:
-        """Index one file in one transaction; returns its number of samples."""
-        props = list(parser.properties)
-        columns = ["id", "dataset_id", "file_id", "line", "byte_offset", "n_bytes", *props]
-        col_sql = ", ".join(f'"{c}"' for c in columns)
+    def _index_file(
+        self, dataset_id: int, file_id: int, path: Path, parser: MetadataParser, first_id: int, known: bool,
+        rows: Future[list[pa.Table]],
+    ) -> int:
+        """Index one file in one transaction: its ``rows`` (parsed by :func:`~.bulk.iter_rows`) with ids
+        from ``first_id`` (this connection is the only writer, so the caller counts ids on instead of
+        scanning ``samples`` per file); returns its number of samples."""
         self.con.begin()
         try:
-            self.con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
-            next_id = self._next_id("samples")
-            buf: dict[str, list[Any]] = {c: [] for c in ("line", "byte_offset", "n_bytes", *props)}
+            if known:  # left by an unfinished registration (its transaction normally took them back)
+                self.con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
             n = 0
-
-            def flush() -> None:
-                nonlocal next_id
-                k = len(buf["line"])
-                if not k:
-                    return
-                table = pa.table(
-                    {
-                        "id": pa.array(np.arange(next_id, next_id + k, dtype=np.int64)),
-                        "dataset_id": pa.array(np.full(k, dataset_id, dtype=np.int32)),
-                        "file_id": pa.array(np.full(k, file_id, dtype=np.int32)),
-                        "line": pa.array(buf["line"], pa.int64()),
-                        "byte_offset": pa.array(buf["byte_offset"], pa.int64()),
-                        "n_bytes": pa.array(buf["n_bytes"], pa.int64()),
-                        **{p: pa.array(buf[p]) for p in props},
-                    }
-                )
-                self.con.register("_mixture_batch", table)
-                try:
-                    self.con.execute(f"INSERT INTO samples ({col_sql}) SELECT {col_sql} FROM _mixture_batch")
-                except duckdb.Error as e:
-                    raise DataError(
-                        f"{path}: metadata parser {parser.name!r} returned values that do not fit the property "
-                        f"columns {parser.properties}: {e}"
-                    ) from None
-                finally:
-                    self.con.unregister("_mixture_batch")
-                next_id += k
-                for v in buf.values():
-                    v.clear()
-
-            for lineno, offset, raw in iter_lines(path):
-                if not raw.strip():
-                    continue
-                values = self._parse_line(path, lineno, raw, parser)
-                buf["line"].append(lineno)
-                buf["byte_offset"].append(offset)
-                buf["n_bytes"].append(len(raw))
-                for p in props:
-                    buf[p].append(values.get(p))
-                n += 1
-                if len(buf["line"]) >= INSERT_BATCH:
-                    flush()
-            flush()
+            for table in rows.result():
+                self._insert_rows(path, parser, dataset_id, file_id, first_id + n, table)
+                n += table.num_rows
             self.con.execute("UPDATE files SET n_samples = ?, done = TRUE WHERE id = ?", [n, file_id])
             self.con.commit()
         except BaseException:
@@ -304,25 +338,23 @@ class IndexRegistration:
             raise
         return n
 
-    @staticmethod
-    def _parse_line(path: Path, lineno: int, raw: bytes, parser: MetadataParser) -> dict[str, Any]:
+    def _insert_rows(
+        self, path: Path, parser: MetadataParser, dataset_id: int, file_id: int, first_id: int, table: pa.Table
+    ) -> None:
+        """Insert rows of ``path`` (``line, byte_offset, n_bytes``, properties) with ids from ``first_id``."""
+        k = table.num_rows
+        columns = ["id", "dataset_id", "file_id", "line", "byte_offset", "n_bytes", *parser.properties]
+        col_sql = ", ".join(f'"{c}"' for c in columns)
+        table = (table.append_column("id", pa.array(np.arange(first_id, first_id + k, dtype=np.int64)))
+                 .append_column("dataset_id", pa.array(np.full(k, dataset_id, dtype=np.int32)))
+                 .append_column("file_id", pa.array(np.full(k, file_id, dtype=np.int32))))
+        self.con.register("_mixture_batch", table)
         try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}:{lineno}: not a JSON line ({type(e).__name__}: {e})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        if not isinstance(record.get(parser.text_field), str):
-            raise DataError(f"{path}:{lineno}: no string '{parser.text_field}' field (parser {parser.name!r})")
-        try:
-            values = parser.parse(record)
-        except (KeyError, TypeError, ValueError) as e:
-            detail = e.args[0] if isinstance(e, KeyError) and e.args else e
-            raise DataError(f"{path}:{lineno}: metadata parser {parser.name!r}: {detail}") from None
-        extra = set(values) - set(parser.properties)
-        if extra:
+            self.con.execute(f"INSERT INTO samples ({col_sql}) SELECT {col_sql} FROM _mixture_batch")
+        except duckdb.Error as e:
             raise DataError(
-                f"{path}:{lineno}: metadata parser {parser.name!r} returned undeclared properties {sorted(extra)}; "
-                f"declare them in its `properties` ({sorted(parser.properties)})."
-            )
-        return values
+                f"{path}: metadata parser {parser.name!r} returned values that do not fit the property "
+                f"columns {parser.properties}: {e}"
+            ) from None
+        finally:
+            self.con.unregister("_mixture_batch")
