@@ -120,19 +120,34 @@ class BlendCorpusLoader(GlobalOrderLoader):
             logger.info("BlendCorpus: built the blend index %s (%d samples)", self.cache_path, len(self.blend))
 
     def _build(self, shuffle: bool, blend_in_corpus: bool, seed: int) -> np.ndarray:
-        """Rows (corpus id, shard id, sample id within the shard), one per global index of an epoch."""
-        size = sum(s.num_samples for s in self.shards)
+        """Rows (corpus id, shard id, sample id within the shard), one per global index of an epoch.
+
+        Vectorized over shards (one gather through the concatenated permutations), so the cost is
+        O(samples) plus the greedy blends, not O(shards x samples): file lists of thousands of
+        prefixes build in well under a second. The random draws (one permutation per shard in
+        file-list order, then one per corpus) keep their order, so the result is unchanged."""
+        num_samples = np.array([s.num_samples for s in self.shards], dtype=np.int64)
+        size = int(num_samples.sum())
         corpus_of = np.array([self.corpus_names.index(e.corpus) for e in self.entries])
         weights = np.array([e.weight for e in self.entries])
         corpus_weights = np.array([weights[corpus_of == c].sum() for c in range(len(self.corpus_names))])
         corpus_idx, _ = greedy_blend(corpus_weights, size)
-        out = np.empty((size, 3), dtype=np.int64)
-        out[:, 0] = corpus_idx
         rng = np.random.default_rng(seed)
-        perms = [rng.permutation(s.num_samples) if shuffle else np.arange(s.num_samples) for s in self.shards]
-        for c in range(len(self.corpus_names)):
+        # Shard s's permutation is perm_flat[first[s] : first[s] + num_samples[s]].
+        first = np.concatenate([[0], np.cumsum(num_samples)[:-1]])
+        perm_flat = np.concatenate([rng.permutation(int(n)) for n in num_samples]) if shuffle else None
+        shard_col, sample_col = np.empty(size, np.int64), np.empty(size, np.int64)
+        drawn = np.zeros(len(self.shards), dtype=np.int64)
+        for c, where in enumerate(_positions(corpus_idx, len(self.corpus_names))):
             members = np.flatnonzero(corpus_of == c)
-            where = np.flatnonzero(corpus_idx == c)
+            if len(members) == 1:  # what the general path computes, without its gathers
+                s, n = int(members[0]), int(num_samples[members[0]])
+                draw = rng.permutation(len(where)) if shuffle and blend_in_corpus else np.arange(len(where))
+                k = draw % n if len(where) > n else draw
+                shard_col[where] = s
+                sample_col[where] = perm_flat[first[s] : first[s] + n][k] if shuffle else k
+                drawn[s] += len(where)
+                continue
             local, draw = greedy_blend(weights[members], len(where))
             if not blend_in_corpus:
                 order = np.argsort(local, kind="stable")
@@ -141,19 +156,31 @@ class BlendCorpusLoader(GlobalOrderLoader):
                 order = rng.permutation(len(where))
                 local, draw = local[order], draw[order]
             shard_ids = members[local]
-            out[where, 1] = shard_ids
-            for s in members:
-                sel = shard_ids == s
-                n = self.shards[s].num_samples
-                drawn = int(sel.sum())
-                if drawn > n:
-                    logger.warning("BlendCorpus: shard %s is drawn %d times per epoch for %d samples; samples repeat "
-                                   "(%.2f passes).", self.entries[s].prefix, drawn, n, drawn / n)
-                elif drawn < n:
-                    logger.info("BlendCorpus: shard %s is drawn %d times per epoch for %d samples (%.2f of a pass; "
-                                "its weight is below its size share).", self.entries[s].prefix, drawn, n, drawn / n)
-                out[where[sel], 2] = perms[s][draw[sel] % n]
+            k = draw % num_samples[shard_ids]
+            shard_col[where] = shard_ids
+            sample_col[where] = perm_flat[first[shard_ids] + k] if shuffle else k
+            drawn += np.bincount(shard_ids, minlength=len(self.shards))
+        out = np.stack([corpus_idx, shard_col, sample_col], axis=1)
+        self._log_draws(drawn, num_samples)
         return out
+
+    def _log_draws(self, drawn: np.ndarray, num_samples: np.ndarray) -> None:
+        """A line per shard drawn more (warning: samples repeat) or less (info) than its size, the
+        first few of each kind and then a count, so thousands of shards do not flood the log."""
+        limit = 20
+        for level, which, what in (
+            (logging.WARNING, np.flatnonzero(drawn > num_samples), "samples repeat (%.2f passes)"),
+            (logging.INFO, np.flatnonzero(drawn < num_samples),
+             "%.2f of a pass; its weight is below its size share"),
+        ):
+            if not logger.isEnabledFor(level):
+                continue
+            for s in which[:limit]:
+                logger.log(level, f"BlendCorpus: shard %s is drawn %d times per epoch for %d samples; {what}.",
+                           self.entries[s].prefix, drawn[s], num_samples[s], drawn[s] / num_samples[s])
+            if len(which) > limit:
+                logger.log(level, "BlendCorpus: %d more shards are drawn %s times than they have samples.",
+                           len(which) - limit, "more" if level == logging.WARNING else "fewer")
 
     @property
     def num_samples(self) -> int:
@@ -179,6 +206,16 @@ class BlendCorpusLoader(GlobalOrderLoader):
         super().on_batch(ids)
         # The rows' sample ids are blend entries (corpus, shard, sample).
         self.last_corpus_ids = torch.from_numpy(np.asarray(self.blend[ids][:, 0], np.int64))
+
+
+def _positions(ids: np.ndarray, n: int) -> list[np.ndarray]:
+    """For each value ``0 <= v < n``, the increasing positions where ``ids == v``: a comparison per value
+    for a few corpora (cheaper than sorting), one stable sort for many."""
+    if n <= 8:
+        return [np.flatnonzero(ids == v) for v in range(n)]
+    order = np.argsort(ids, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=n))])
+    return [order[bounds[v] : bounds[v + 1]] for v in range(n)]
 
 
 def _atomic_save(cache: Path, path: Path, array: np.ndarray, description_path: Path, parts: dict[str, Any]) -> None:

@@ -19,6 +19,9 @@ one sequence per document (its EOD token appended), as :class:`MegatronWriter` d
 
 from __future__ import annotations
 
+import mmap
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -102,12 +105,20 @@ class MegatronShard:
     def __init__(self, prefix: str | Path):
         self.prefix = Path(prefix)
         idx, bin_ = idx_path(prefix), bin_path(prefix)
-        if not idx.is_file():
+        # Plain os calls and a lazy mmap (``_map``), not pathlib and np.memmap at open: a file list of
+        # thousands of prefixes opens every shard at start-up, and their per-call overhead was most of it.
+        try:
+            with open(idx, "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise DataError(f"Megatron index file missing: {idx} (expected beside {bin_}). Re-run the tokenizer "
-                            f"(scripts/blendcorpus.py tokenize) or fix the path prefix in the file list.")
-        if not bin_.is_file():
+                            f"(scripts/blendcorpus.py tokenize) or fix the path prefix in the file list.") from None
+        try:
+            bin_stat = os.stat(bin_)
+        except (FileNotFoundError, NotADirectoryError):
+            bin_stat = None
+        if bin_stat is None or not stat.S_ISREG(bin_stat.st_mode):
             raise DataError(f"Megatron data file missing: {bin_} (its index {idx} exists).")
-        raw = idx.read_bytes()
         if len(raw) < _HEADER.size:
             raise DataError(f"bad header, cannot read: {idx} is {len(raw)} bytes, shorter than the header.")
         magic, version, code, n_seq, n_doc = _HEADER.unpack_from(raw)
@@ -138,7 +149,7 @@ class MegatronShard:
             raise DataError(f"{idx} is corrupt: sequence {j} starts at byte {int(self.sequence_pointers[j])} of "
                             f"{bin_}, but the lengths before it put it at byte {int(pointers[j])}. {fix}")
         expected = int(lengths.sum()) * self.dtype.itemsize
-        actual = bin_.stat().st_size
+        actual = bin_stat.st_size
         if actual < expected:
             raise DataError(f"{bin_} is truncated: {actual} bytes, its index {idx} needs {expected} "
                             f"({n_seq} sequences of {self.dtype} tokens). {fix}")
@@ -146,8 +157,10 @@ class MegatronShard:
             raise DataError(f"{bin_} has {actual} bytes, but its index {idx} describes {expected} "
                             f"({n_seq} sequences of {self.dtype} tokens): the two files do not belong together. {fix}")
         self.bin_path = bin_
-        self._bin = np.memmap(bin_, dtype=self.dtype, mode="r") if actual else np.zeros(0, self.dtype)
-        self._mmap = getattr(self._bin, "_mmap", None)
+        self._bin: np.ndarray | None = None
+        """The tokens, memory-mapped on the first read (see ``_map``): a shard that is never read costs
+        no mapping, and a pickled shard (spawned workers) maps its file again instead of copying it."""
+        self._mmap: mmap.mmap | None = None
         """Its ``size()`` is the file's current size: reading a page past the end of a memory-mapped
         file that shrank kills the process with SIGBUS, so ``__getitem__`` checks first."""
 
@@ -158,13 +171,27 @@ class MegatronShard:
     def num_tokens(self) -> int:
         return int(self.sequence_lengths.astype(np.int64).sum())
 
+    def _map(self) -> np.ndarray:
+        with open(self.bin_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size:  # mmap refuses an empty file; a shard of no tokens, or one truncated since it was opened
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        count = size // self.dtype.itemsize
+        self._bin = np.frombuffer(self._mmap, self.dtype, count) if self._mmap is not None else np.zeros(0, self.dtype)
+        return self._bin
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_bin": None, "_mmap": None}
+
     def __getitem__(self, i: int) -> np.ndarray:
         start = int(self.sequence_pointers[i]) // self.dtype.itemsize
         stop = start + int(self.sequence_lengths[i])
-        if self._mmap is not None and self._mmap.size() < stop * self.dtype.itemsize:  # one fstat
+        tokens = self._bin if self._bin is not None else self._map()
+        size = self._mmap.size() if self._mmap is not None else tokens.nbytes  # one fstat
+        if size < stop * self.dtype.itemsize:
             raise DataError(
-                f"{self.bin_path} shrank while in use: {self._mmap.size()} bytes now, sequence {i} ends at byte "
+                f"{self.bin_path} shrank while in use: {size} bytes now, sequence {i} ends at byte "
                 f"{stop * self.dtype.itemsize}. Another process truncated or rewrote it (e.g. a tokenize run "
                 f"into the same prefix). Restore the file, then launch again to resume from the last checkpoint."
             )
-        return self._bin[start:stop]
+        return tokens[start:stop]
