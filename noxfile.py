@@ -122,13 +122,19 @@ def bench(session: nox.Session) -> None:
     """MDS loader throughput (0/1/2 workers vs the H100 demand) and remote streaming (moto S3 on
     127.0.0.1, cold vs warm cache, zstd vs none), llm-foundry's MDS layouts (text tokenized on the fly,
     token ndarray/bytes packed; tok/s per rank vs the 1B demand and encode_batch), then the mixture loader (embedded vs served tok/s per
-    rank, registration rows/s; its own defaults). Results: runs/bench/*.json, *.png. Arguments after
+    rank, registration rows/s; its own defaults), then data preparation (``titan-recipes prepare`` vs the bare
+    tokenizer, 2 vs 1 workers, the SlimPajama projection; mixture registration vs DuckDB ``read_json``;
+    the BlendCorpus cold index build vs megatron-core's builder). Results: runs/bench/*.json, *.png. Arguments after
     ``--`` go to the two MDS scripts, e.g. ``nox -s bench -- --samples 6000 --seq-len 2048``."""
     py = pinned_env(session)
     for script in ("bench_mds_loader.py", "bench_mds_remote.py"):
         session.run(py, str(ROOT / "scripts" / script), "--out", str(ROOT / "runs" / "bench"), *session.posargs, external=True)
     session.run(py, str(ROOT / "scripts" / "bench_mds_layouts.py"), "--out", str(ROOT / "runs" / "bench"), external=True)
     session.run(py, str(ROOT / "scripts" / "bench_mixture.py"), "--out", str(ROOT / "runs" / "bench"), external=True)
+    # Data preparation (issue 18): prepare vs encode_batch and 2 vs 1 workers, the SlimPajama-627B
+    # projection; mixture registration vs DuckDB read_json; BlendCorpus cold index vs megatron-core.
+    for script in ("bench_prepare.py", "bench_mixture_register.py", "bench_blend_index.py"):
+        session.run(py, str(ROOT / "scripts" / script), "--out", str(ROOT / "runs" / "bench"), external=True)
 
 
 # Container sessions. The package titan_recipes.image builds every command line

@@ -2,6 +2,7 @@
 """BlendCorpus data preparation: JSONL -> Megatron .bin/.idx shards, shard metadata, blend file lists.
 
     # 1. tokenize: one <stem>_text_document.{bin,idx} per input file, EOD appended, 4 processes
+    #    (a thin wrapper of `titan-recipes prepare blendcorpus`, which also writes blend.txt and prepare.json)
     python scripts/blendcorpus.py tokenize /data/raw/web/*.jsonl.zst --output-dir /data/tok/web \\
         --tokenizer assets/tokenizers/shakespeare-bpe-2048 --tokenizer-backend hf --workers 4
     # 2. metadata: documents and tokens per shard, as JSON
@@ -22,75 +23,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from multiprocessing import Pool
 from pathlib import Path
 
 from tqdm import tqdm
 
 from titan_recipes.errors import DataError
-from titan_recipes.data.documents import iter_jsonl_texts
-from titan_recipes.data.blendcorpus.megatron_format import MegatronShard, MegatronWriter, idx_path, token_dtype
-
-SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
-
-
-def output_prefix(path: Path, output_dir: Path) -> Path:
-    stem = path.name
-    for suffix in sorted(SUFFIXES, key=len, reverse=True):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return output_dir / f"{stem}_text_document"
-
-
-_TOKENIZER = None
-
-
-def _init_worker(backend: str, tokenizer_path: str) -> None:
-    global _TOKENIZER
-    import titan_recipes  # noqa: F401  (triton stand-in before torchtitan)
-    from titan_recipes.tokenizer.sentencepiece import build_tokenizer_for_backend
-
-    _TOKENIZER = build_tokenizer_for_backend(backend, tokenizer_path)
-
-
-def tokenize_file(job: tuple[str, str, str, bool]) -> dict:
-    """Tokenize one JSONL file into ``prefix``.bin/.idx; returns its metadata."""
-    src, prefix, text_key, append_eod = job
-    tok = _TOKENIZER
-    eod = tok.eos_id
-    if append_eod and (eod is None or eod < 0):
-        raise DataError(f"{src}: the tokenizer has no EOS/EOD token; pass --no-append-eod.")
-    with MegatronWriter(prefix, token_dtype(tok.get_vocab_size())) as w:
-        for text in iter_jsonl_texts(Path(src), text_key):
-            ids = tok.encode(text, add_bos=False, add_eos=False)
-            w.add_document([*ids, eod] if append_eod else ids)
-    return {"prefix": prefix, "documents": len(w.lengths), "tokens": w.num_tokens}
+from titan_recipes.data.blendcorpus.megatron_format import MegatronShard, idx_path
 
 
 def cmd_tokenize(args) -> int:
-    files = sorted(Path(p) for p in args.inputs)
-    for f in files:
-        if not f.is_file() or not f.name.endswith(SUFFIXES):
-            raise SystemExit(f"error: {f} is not a {'/'.join(SUFFIXES)} file")
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(f), str(output_prefix(f, out)), args.text_key, not args.no_append_eod) for f in files]
-    if len({j[1] for j in jobs}) != len(jobs):
+    """A thin wrapper of ``titan-recipes prepare blendcorpus`` (same prefixes, byte for byte; tested)."""
+    from titan_recipes.errors import ConfigError
+    from titan_recipes.prepare.executors import check_plan, run_local
+    from titan_recipes.prepare.sources import find_input_files
+    from titan_recipes.prepare.tasks import PrepareSpec, prefix_name
+
+    files = find_input_files(args.inputs)
+    if len({prefix_name(f) for f in files}) != len(files):
         raise SystemExit("error: two input files map to the same output prefix; tokenize them into separate dirs")
-    init = (args.tokenizer_backend, args.tokenizer)
-    results = []
-    if args.workers <= 1:
-        _init_worker(*init)
-        for job in tqdm(jobs, desc="tokenize", unit="file", disable=args.quiet):
-            results.append(tokenize_file(job))
-    else:
-        with Pool(min(args.workers, len(jobs)), initializer=_init_worker, initargs=init) as pool:
-            for r in tqdm(pool.imap(tokenize_file, jobs), total=len(jobs), desc="tokenize", unit="file",
-                          disable=args.quiet):
-                results.append(r)
-    docs, tokens = sum(r["documents"] for r in results), sum(r["tokens"] for r in results)
-    print(f"wrote {len(results)} shards to {out}: {docs:,} documents, {tokens:,} tokens")
+    backend = {"sptoken": "sp", "sentencepiece": "sp", "sp": "sp", "spm": "sp", "hf": "hf", "huggingface": "hf"}.get(
+        args.tokenizer_backend.lower())
+    if backend is None:
+        raise SystemExit(f"error: --tokenizer-backend {args.tokenizer_backend}: use sptoken or hf")
+    out = Path(args.output_dir).resolve()
+    spec = PrepareSpec(kind="blendcorpus", files=files, out=str(out), tokenizer=str(Path(args.tokenizer).resolve()),
+                       tokenizer_backend=backend, text_field=args.text_key, append_eod=not args.no_append_eod,
+                       progress=not args.quiet, extra={"corpus": out.name, "epochs": 1.0})
+    try:
+        check_plan(spec, overwrite=False)
+        manifest = run_local(spec, args.workers)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    t = manifest["totals"]
+    print(f"wrote {len(files)} shards to {out}: {t['documents']:,} documents, {t['tokens']:,} tokens")
     return 0
 
 
@@ -178,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tokenizer", required=True, help="SentencePiece .model (or dir) or HF tokenizer dir")
     t.add_argument("--tokenizer-backend", default="sptoken", help="sptoken|sentencepiece|sp|spm (default), hf|huggingface")
     t.add_argument("--text-key", default="text")
-    t.add_argument("--workers", type=int, default=1, help="processes, one file at a time each")
+    t.add_argument("--workers", type=int, default=1, help="processes (datatrove tasks, one per file)")
     t.add_argument("--no-append-eod", action="store_true", help="do not append the EOS id after each document")
     t.set_defaults(func=cmd_tokenize)
 

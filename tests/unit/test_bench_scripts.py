@@ -111,3 +111,62 @@ def test_bench_mixture(tmp_path):
     assert reads["served_ranks_at_1b_demand"] == pytest.approx(
         reads["served"]["text_mb_per_s"] * 1e6 / (57_800 * reads["bytes_per_token"]))
     assert data["demand_tokens_per_s"]["1b_h100"] == 57_800 and "served" in data["table"]
+
+
+def test_bench_mixture_register(tmp_path):
+    out = tmp_path / "out"
+    result = load_script("bench_mixture_register").main([
+        "--out", str(out), "--rows", "900", "--files", "3", "--formats", "zst,jsonl,gz", "--repeats", "1",
+        "--mean-chars", "100"])
+    data = json.loads((out / "mixture_register.json").read_text())
+    assert Path(result["json"]) == out / "mixture_register.json" and data["results"] == result["results"]
+    assert data["corpus"]["rows"] == 900 and data["corpus"]["formats"] == ["zst", "jsonl", "gz"]
+    ref = data["results"]["duckdb_read_json"]["rows_per_s"]
+    assert set(data["results"]) == {"duckdb_read_json", "register_dataset", "parse_file", "import_parsed"}
+    for r in data["results"].values():
+        assert positive(r["rows_per_s"]) and r["rows_per_s"] == pytest.approx(900 / r["seconds"])
+        assert r["ratio_to_read_json"] == pytest.approx(r["rows_per_s"] / ref)
+    for step in ("help", "register"):
+        assert positive(data["startup"][step]["seconds"])
+        assert data["startup"][step]["torch_imported"] is False and data["startup"][step]["torchtitan_imported"] is False
+
+
+def test_bench_blend_index(tmp_path):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("megatron.core.datasets.helpers_cpp")
+    out = tmp_path / "out"
+    result = load_script("bench_blend_index").main([
+        "--settings", "2x300", "12x40", "--doc-len", "5", "60", "--seq-len", "32", "--repeats", "2",
+        "--data", str(tmp_path / "data"), "--out", str(out),
+    ])
+    data = check_outputs(result, out, "blend_index")
+    rows = data["results"]
+    assert [(r["prefixes"], r["docs_per_prefix"]) for r in rows] == [(2, 300), (12, 40)]
+    for r in rows:
+        assert len(r["runs"]["ours"]) == len(r["runs"]["megatron"]) == 2
+        assert positive(r["ours_s"]) and positive(r["megatron_s"])
+        assert r["ratio"] == pytest.approx(r["ours_s"] / r["megatron_s"]) and r["pass"] == (r["ratio"] <= 1)
+        # megatron's blend has at least the samples asked for (our epoch), never fewer
+        assert r["samples"] > 0 and r["megatron_samples"] >= r["samples"]
+    assert data["settings"]["seq_len"] == 32 and "ours / megatron" in data["table"]
+
+
+def test_bench_prepare(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    assert load_script("bench_prepare").main([
+        "--mb", "0.3", "--files", "2", "--workers", "1,2", "--kinds", "blendcorpus", "--seq-len", "64", "--out", str(out),
+    ]) == 0
+    data = json.loads((out / "prepare.json").read_text())
+    assert (out / "prepare.png").stat().st_size > 0
+    assert data["same_fingerprint_for_all_worker_counts"] is True
+    for k in ("1", "2"):
+        base, run = data["baseline"][k], data["prepare"]["blendcorpus"][k]
+        assert positive(base["tokens_per_s"]) and positive(run["tokens_per_s"])
+        assert run["x_encode_batch"] == pytest.approx(run["tokens_per_s"] / base["tokens_per_s"])
+        # the same text: BlendCorpus documents carry EOD but no BOS (the baseline counts both)
+        assert run["tokens"] == base["tokens"] - data["corpus"]["documents"]
+    p = data["projection"]
+    assert 0 < p["parallel_efficiency"] <= 1
+    assert p["hours_by_nodes"]["1"] == pytest.approx(627e9 / (p["per_core_tokens_per_s"] * 64 * p["parallel_efficiency"]) / 3600)
+    assert p["hours_by_nodes"]["8"] == pytest.approx(p["hours_by_nodes"]["1"] / 8)

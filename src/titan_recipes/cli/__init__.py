@@ -5,6 +5,8 @@
     titan-recipes fixtures verify RECIPE_DIR [--nproc N]        # run the recipe, then check it
     titan-recipes fixtures regen  RECIPE_DIR [--nproc N] [--repeats R] [-- --section.key value ...]
                                   # native repeats (bitwise equal) + one run per CPU kernel variant
+    titan-recipes prepare mds|blendcorpus|mixture INPUTS... --out DIR [--tokenizer T --seq-len N] [--workers K | --slurm ...]
+                                  # corpus-scale tokenization / indexing on datatrove; `prepare verify DIR`
     titan-recipes mixture serve    INDEX_DIR [--host 127.0.0.1] [--port 7777]   # served mode of the mixture engine
     titan-recipes mixture register INDEX_DIR DATA_PATH --name NAME [--parser slimpajama|pile]
     titan-recipes mixture stats    INDEX_DIR [--property P] [--query JSON]
@@ -37,7 +39,7 @@ import importlib
 import sys
 from typing import Callable
 
-GROUPS = ("fixtures", "runs", "new", "mixture", "image", "export", "eval")
+GROUPS = ("fixtures", "runs", "new", "prepare", "mixture", "image", "export", "eval")
 """The command groups, in the order ``--help`` lists them: modules of this package."""
 
 

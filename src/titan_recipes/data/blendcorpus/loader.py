@@ -51,6 +51,7 @@ from ..workers import Workers, training_workers
 from .. import state as codec
 from ..state import fingerprint
 from ..integrity import check_token_ids
+from ...prepare.manifest import check_prepared_blend
 from .plan import SPLIT_NAMES, PackedShard, greedy_blend, parse_file_list, parse_split
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class BlendCorpusLoader(GlobalOrderLoader):
             seq_len=seq_len, split=split_frac, shuffle=shuffle_sample_in_corpus, blend=blend_sample_in_corpus,
             append_eod=append_eod, eod=eod_token_id, seed=seed, split_index=split_index, version=1,
         )
+        # A file list written by `titan-recipes prepare blendcorpus`: its prefixes must still hold the
+        # documents the preparation wrote; its content fingerprint joins the data fingerprint.
+        prepared = check_prepared_blend(file_list, {Path(e.prefix).name: s.digest() for e, s in zip(self.entries, self.shards)})
+        if prepared is not None:
+            parts["prepared_content"] = prepared
         self._fingerprint = fingerprint(**parts)
         cache = Path(cache_dir) if cache_dir else Path(file_list).parent / "blendcorpus_cache"
         self.cache_path = cache / f"{self._fingerprint}-blend.npy"

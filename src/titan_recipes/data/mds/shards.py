@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ...errors import ConfigError, DataError
+from ...prepare.manifest import check_prepared_mds
 from ..integrity import VALIDATE_HASH_HINT, check_mds_shard, check_token_ids
 from .compat import remote_error
 from .format import CONVERSION_FILE, SHARD_HASH, converter_windows_seq_len, read_index
@@ -128,6 +129,8 @@ class ShardSet:
                 fetch_index(stream, spec)
             index = read_index(spec.local, spec.setting)
             self.index_hashes.append(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest())
+            # A directory written by `titan-recipes prepare mds` must still hold the index it wrote.
+            check_prepared_mds(spec.local, self.index_hashes[-1], f"MDS stream '{spec.name}' ({spec.setting})")
             shards, layout = self._load_shards(st, stream, spec)
             self.layouts.append(layout)
             seq_len = None if layout.kind != "tokens" else converter_windows_seq_len(
