@@ -155,7 +155,8 @@ def test_bench_prepare(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     assert load_script("bench_prepare").main([
-        "--mb", "0.3", "--files", "2", "--workers", "1,2", "--kinds", "blendcorpus", "--seq-len", "64", "--out", str(out),
+        "--mb", "0.3", "--files", "2", "--workers", "1,2", "--kinds", "blendcorpus", "--seq-len", "64", "--repeats", "1",
+        "--out", str(out),
     ]) == 0
     data = json.loads((out / "prepare.json").read_text())
     assert (out / "prepare.png").stat().st_size > 0
