@@ -212,7 +212,7 @@ def plot(result: dict, workers: list[int], kinds: list[str], path: Path) -> None
     hours = [p["tokens"] / (p["per_core_tokens_per_s"] * p["node_cores"] * n * p["parallel_efficiency"]) / 3600 for n in nodes]
     b.loglog(nodes, hours, "-o")
     for n in (1, 8, 64):
-        b.annotate(f"{p['hours_by_nodes'][n]:.1f} h", (n, p["hours_by_nodes"][n]), textcoords="offset points", xytext=(5, 5))
+        b.annotate(f"{p['hours_by_nodes'][n]:.2g} h", (n, p["hours_by_nodes"][n]), textcoords="offset points", xytext=(5, 5))
     b.set_xlabel(f"nodes of {p['node_cores']} cores")
     b.set_ylabel("hours")
     b.set_title("projection: SlimPajama-627B, prepare mds")

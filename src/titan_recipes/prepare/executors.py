@@ -139,9 +139,18 @@ def run_local(spec: PrepareSpec, workers: int) -> dict[str, Any]:
 
     tasks = LocalExecutor([PrepareTask(spec)], tasks=len(spec.files), workers=max(1, workers),
                           logging_dir=logs_dir(spec, "tasks"))
-    tasks.run()
-    LocalPipelineExecutor([FinalizeStep(spec)], tasks=1, workers=1, logging_dir=logs_dir(spec, "finalize"),
-                          skip_completed=False).run()
+    try:
+        tasks.run()
+        LocalPipelineExecutor([FinalizeStep(spec)], tasks=1, workers=1, logging_dir=logs_dir(spec, "finalize"),
+                              skip_completed=False).run()
+    except OSError as e:
+        # A full disk also fails datatrove's own log and stats files, whose error then replaces ours.
+        if isinstance(e.__context__, DataError):
+            raise e.__context__ from None
+        raise DataError(
+            f"Writing under {spec.out} failed ({type(e).__name__}: {e}). Free space (or fix the permissions) and "
+            f"rerun the same command: finished tasks are kept."
+        ) from None
     return read_manifest(spec.out)
 
 

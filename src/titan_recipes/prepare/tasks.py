@@ -94,8 +94,16 @@ class PrepareTask(PipelineStep):
         tmp.mkdir(parents=True)
         source = spec.files[rank]
         bad = BadRecords(spec.on_bad_record)
-        with self.track_time():
-            report = getattr(self, f"_run_{spec.kind}")(source, rank, tmp, bad)
+        try:
+            with self.track_time():
+                report = getattr(self, f"_run_{spec.kind}")(source, rank, tmp, bad)
+        except OSError as e:  # reading errors are bad records (.sources); this is the output side
+            from ..errors import DataError
+
+            raise DataError(
+                f"task {rank} ({source}): writing under {out} failed ({type(e).__name__}: {e}). Free space (or fix "
+                f"the permissions) and rerun the same command: finished tasks are kept, this one starts again."
+            ) from None
         report.update(task=rank, input=source, bad_records=bad.count, bad_records_listed=bad.listed)
         for key in ("documents", "tokens", "samples", "tail_tokens", "rows"):
             if key in report:

@@ -342,3 +342,27 @@ def test_blendcorpus_loader_refuses_a_prefix_changed_after_preparation(corpus, t
     with pytest.raises(DataError, match=r"chunk_2_text_document.idx does not match .*prepare.json"):
         BlendCorpusLoader(file_list=str(tmp_path / "out" / "blend.txt"), seq_len=16, local_batch_size=2, dp_rank=0,
                           dp_world_size=1, eod_token_id=1)
+
+
+def test_a_full_disk_and_a_server_that_is_down_are_clear_errors(tmp_path):
+    """A real 256 KiB tmpfs (the output needs ~700 KB; skipped without mount rights), and an S3 endpoint nobody listens on."""
+    write_corpus(tmp_path / "in", files=2, docs=300)
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    try:
+        if mounted.returncode == 0:
+            proc = prepare("mds", tmp_path / "in", "--out", mnt / "out", "--tokenizer", TOKENIZER, "--seq-len", 64,
+                           check=False)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert "No space left on device" in proc.stderr and "Free space" in proc.stderr, proc.stderr[-2000:]
+            assert not (mnt / "out" / "index.json").exists() and not (mnt / "out" / "prepare.json").exists()
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+    down = prepare("mds", "s3://bucket/train/", "--out", tmp_path / "o", "--tokenizer", TOKENIZER, "--seq-len", 64,
+                   check=False, S3_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
+                   AWS_DEFAULT_REGION="us-east-1")
+    assert down.returncode == 2 and "Cannot list s3://bucket/train/" in down.stderr and "S3_ENDPOINT_URL" in down.stderr
+    if mounted.returncode != 0:
+        pytest.skip(f"the S3 part passed; no tmpfs for the full-disk part (needs root): {mounted.stderr.strip()}")
