@@ -26,6 +26,7 @@ from .launch import Launch, validate_launch
 from .model import Model
 from .monitor import Monitor, validate_monitor
 from .toml import check_config_file, config_file_from_args, load_toml
+from .devices import validate_device_options
 from .types import validate_job_config
 from .values import validate_values
 
@@ -46,9 +47,11 @@ JobConfig = build_job_config_class()
 
 
 def validate_config(config: Any) -> None:
-    """Every check of a parsed config that needs no model: types, ranges, then each section's own
+    """Every check of a parsed config that needs no model: types, CUDA-only options on a machine without
+    CUDA, ranges, then each section's own
     ``validate(config)`` (ours: [launch], [monitor]; then every data source's)."""
     validate_job_config(config)
+    validate_device_options(config)  # float8 / async TP / CUDA memory snapshot without a GPU
     validate_values(config)  # ranges: steps, seq_len, checkpoint.interval ... (before validate_launch divides)
     for table in OWN_SECTIONS:
         check = getattr(getattr(config, table, None), "validate", None)
