@@ -87,7 +87,9 @@ class PrepareTask(PipelineStep):
         spec = self.spec
         if world_size != len(spec.files):
             raise ValueError(f"{world_size} tasks for {len(spec.files)} input files: one task per file")
-        os.environ.setdefault("RAYON_NUM_THREADS", "1")
+        # One core per task (a local worker), or the CPUs Slurm gave the array element (--cpus-per-task).
+        cpus = os.environ.get("DATATROVE_CPUS_PER_TASK", "-1")
+        os.environ.setdefault("RAYON_NUM_THREADS", cpus if cpus.isdigit() and int(cpus) > 0 else "1")
         out = Path(spec.out)
         tmp = out / ".prepare" / "tmp" / task_name(rank)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,7 +127,7 @@ class PrepareTask(PipelineStep):
         dtype = np.int32
         docs = iter_documents(source, self.spec.text_field, bad)
         bar = tqdm(desc=f"{task_name(rank)} {stem_of(source)}", unit=" docs", mininterval=2.0,
-                   disable=not self.spec.progress, leave=False)
+                   disable=True if not self.spec.progress else None, leave=False)  # None: only on a terminal
         self.counts = {"documents": 0, "tokens": 0}
         while block := list(islice(docs, ENCODE_BATCH)):
             for ids in encoder.encode_batch(block, bos=bos, eos=eos):
