@@ -157,7 +157,9 @@ def plot(path: Path, rows: list[dict], title: str) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    for name in ("titan_recipes", "megatron"):  # per-shard draw notes and megatron's INFO lines: not timed I/O
+    quiet = ("titan_recipes", "megatron")  # per-shard draw notes and megatron's INFO lines: not timed I/O
+    levels = {name: logging.getLogger(name).level for name in quiet}  # restored at the end: main() may run
+    for name in quiet:  # inside another program (the bench test runs it in pytest's process)
         logging.getLogger(name).setLevel(logging.ERROR)
     import megatron.core  # noqa: F401  (its ~3 s import is not part of a build)
 
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
             dist.destroy_process_group()
         if tmp:
             tmp.cleanup()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
     table = format_table(["prefixes x docs", "samples", "ours ms", "megatron-core ms", "ours / megatron",
                           "target <= 1"], table_rows)
