@@ -115,6 +115,7 @@ class _Finalizers:
     @staticmethod
     def blendcorpus(spec: PrepareSpec, reports: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
         from ..data.blendcorpus.megatron_format import MegatronShard
+        from ..data.blendcorpus.plan import shard_digest
 
         out = Path(spec.out)
         corpus = spec.extra.get("corpus") or out.name
@@ -124,7 +125,7 @@ class _Finalizers:
             for name in r["outputs"]:
                 shard = MegatronShard(str(out / name))
                 tokens = shard.num_tokens
-                digests[name] = _lengths_digest(shard)
+                digests[name] = shard_digest(shard)
                 if tokens:
                     lines.append(f"{tokens * epochs:.10g} {name} {corpus}")
         if not lines:
@@ -158,10 +159,3 @@ class _Finalizers:
         manifest["duckdb_version"] = duckdb.__version__
         write_json_atomic(out / MANIFEST, manifest)
 
-
-def _lengths_digest(shard: Any) -> str:
-    import xxhash
-
-    h = xxhash.xxh3_64(shard.sequence_lengths.tobytes())
-    h.update(str(shard.dtype).encode())
-    return h.hexdigest()

@@ -116,13 +116,17 @@ class PrepareTask(PipelineStep):
         return
         yield  # a generator, as datatrove's executors expect of a step
 
-    def _documents(self, source: str, rank: int, bad: BadRecords, bos: bool, eos: bool) -> Iterator[np.ndarray]:
+    def _encoder(self) -> Any:
+        from .encoder import DocumentEncoder
+
+        return DocumentEncoder(self.spec.tokenizer, self.spec.tokenizer_backend)
+
+    def _documents(self, source: str, rank: int, bad: BadRecords, bos: bool, eos: bool,
+                   encoder: Any = None) -> Iterator[np.ndarray]:
         """Token arrays of the file's documents, tokenized ``ENCODE_BATCH`` at a time, with a bar."""
         from tqdm import tqdm
 
-        from .encoder import DocumentEncoder
-
-        encoder = DocumentEncoder(self.spec.tokenizer, self.spec.tokenizer_backend)
+        encoder = encoder or self._encoder()
         self.vocab_size = encoder.vocab_size
         dtype = np.int32
         docs = iter_documents(source, self.spec.text_field, bad)
@@ -175,18 +179,16 @@ class PrepareTask(PipelineStep):
 
     def _run_blendcorpus(self, source: str, rank: int, tmp: Path, bad: BadRecords) -> dict[str, Any]:
         from ..data.blendcorpus.megatron_format import MegatronWriter, idx_path, token_dtype
-        from .encoder import DocumentEncoder
-
-        vocab = DocumentEncoder(self.spec.tokenizer, self.spec.tokenizer_backend)
-        if self.spec.append_eod and vocab.eos_id is None:
+        encoder = self._encoder()
+        if self.spec.append_eod and encoder.eos_id is None:
             from ..errors import DataError
 
             raise DataError(f"--tokenizer {self.spec.tokenizer} has no EOS token to end documents with; pass --no-append-eod.")
-        dtype = token_dtype(vocab.vocab_size)
+        dtype = token_dtype(encoder.vocab_size)
         name = prefix_name(source)
         digest = 0
         with MegatronWriter(str(tmp / name), dtype) as w:
-            for ids in self._documents(source, rank, bad, bos=False, eos=self.spec.append_eod):
+            for ids in self._documents(source, rank, bad, bos=False, eos=self.spec.append_eod, encoder=encoder):
                 doc = ids.astype(dtype)
                 digest += content_hash(doc.tobytes())
                 w.add_document(doc)

@@ -200,7 +200,12 @@ class PackedShard:
         return self.tokens(k * self.seq_len, k * self.seq_len + self.seq_len + 1)
 
     def digest(self) -> str:
-        """Hash of the shard's document lengths and token dtype (its .idx content, cheaply)."""
-        h = xxhash.xxh3_64(self.shard.sequence_lengths.tobytes())
-        h.update(str(self.shard.dtype).encode())
-        return h.hexdigest()
+        return shard_digest(self.shard)
+
+
+def shard_digest(shard: MegatronShard) -> str:
+    """Hash of a shard's document lengths and token dtype (its .idx content, cheaply): the data
+    fingerprint's part for the shard, and what ``titan-recipes prepare`` records per prefix."""
+    h = xxhash.xxh3_64(shard.sequence_lengths.tobytes())
+    h.update(str(shard.dtype).encode())
+    return h.hexdigest()
