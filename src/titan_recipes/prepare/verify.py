@@ -17,25 +17,32 @@ from .manifest import MASK, content_hash, read_manifest
 
 
 def mds_fingerprint(directory: Path) -> str:
+    """Compressed shards are decompressed into a temporary directory: verifying leaves the dataset as it was."""
+    import json
+    import tempfile
+
     from ..data.mds.compat import import_streaming
 
     import_streaming()
+    from streaming.base.compression import decompress
     from streaming.base.format import reader_from_json
-    import json
 
     index = json.loads((directory / "index.json").read_text())
     total = 0
-    for info in index["shards"]:
-        reader = reader_from_json(str(directory), None, info)
-        raw = directory / info["raw_data"]["basename"]
-        if not raw.is_file() and info.get("zip_data"):
-            from streaming.base.compression import decompress
-
-            zipped = directory / info["zip_data"]["basename"]
-            raw.write_bytes(decompress(info["compression"], zipped.read_bytes()))
-        for k in range(reader.samples):
-            sample = reader[k]["tokens"]
-            total += content_hash(np.ascontiguousarray(sample, dtype=np.int32).tobytes())
+    with tempfile.TemporaryDirectory(prefix="prepare_verify_") as tmp:
+        for info in index["shards"]:
+            root = directory
+            raw = directory / info["raw_data"]["basename"]
+            if not raw.is_file() and info.get("zip_data"):
+                root = Path(tmp)
+                raw = root / info["raw_data"]["basename"]
+                raw.parent.mkdir(parents=True, exist_ok=True)
+                raw.write_bytes(decompress(info["compression"], (directory / info["zip_data"]["basename"]).read_bytes()))
+            reader = reader_from_json(str(root), None, info)
+            for k in range(reader.samples):
+                total += content_hash(np.ascontiguousarray(reader[k]["tokens"], dtype=np.int32).tobytes())
+            if root != directory:
+                raw.unlink()
     return f"{total & MASK:032x}"
 
 
