@@ -39,6 +39,8 @@ class Workers:
             )
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
             raise ConfigError(f"{self.setting}.prefetch_factor must be >= 1, got {self.prefetch_factor}.")
+        if self.num_workers > 0:
+            check_worker_socket_dir(f"{self.setting}.num_workers = {self.num_workers}")
 
     @classmethod
     def from_config(cls, section: Any, setting: str) -> "Workers":
@@ -48,6 +50,32 @@ class Workers:
             pin_memory=section.pin_memory,
             persistent_workers=section.persistent_workers,
             setting=setting,
+        )
+
+
+SOCKET_PATH_MAX = 107
+"""Bytes of a Unix socket path on Linux (``sun_path`` is 108 bytes with the terminating NUL)."""
+
+
+def check_worker_socket_dir(what: str) -> None:
+    """ConfigError when reader workers could not hand a batch over: a worker sends each batch's tensors as
+    file descriptors through multiprocessing's resource sharer, whose Unix socket lives at
+    ``$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``. When that path is longer than Linux allows, the worker's
+    queue thread only prints ``OSError: AF_UNIX path too long`` and drops the batch, and the trainer then
+    waits for it forever (seen with a node-local TMPDIR 80 characters long). Checked before any worker
+    starts, where the fix is still a setting."""
+    import os
+    import tempfile
+    from multiprocessing import process
+
+    base = process.current_process()._config.get("tempdir") or os.path.join(tempfile.gettempdir(), "pymp-xxxxxxxx")
+    longest = len(os.fsencode(os.path.join(base, "listener-xxxxxxxx")))
+    if longest > SOCKET_PATH_MAX:
+        raise ConfigError(
+            f"{what}: reader workers pass batches through a Unix socket under the temporary directory "
+            f"{tempfile.gettempdir()!r} (TMPDIR), and its path would be {longest} bytes, more than Linux allows "
+            f"({SOCKET_PATH_MAX}); the workers would hang the trainer. Set TMPDIR to a directory with a path "
+            f"of at most {SOCKET_PATH_MAX - 32} characters, or use no reader workers (num_workers = 0)."
         )
 
 

@@ -180,3 +180,47 @@ def test_predownload_prepares_upcoming_shards_in_the_background(tmp_path, mds_di
     expected = take(mds_loader(mds_dir, shuffle=False), 7)[1:]
     assert all(torch.equal(x["input"], xe) and torch.equal(y, ye) for (x, y), (xe, ye) in zip(rest, expected))
     assert loader.data_fingerprint == mds_loader(mds_dir, shuffle=False).data_fingerprint
+
+
+SOCKET_PROBE = """
+import sys
+from titan_recipes.data.mds import MDSLoader, StreamSpec
+from titan_recipes.data.workers import Workers
+from titan_recipes.errors import ConfigError
+try:
+    workers = Workers(num_workers=2, setting="mosaic_dataloader")
+except ConfigError as e:
+    print(e)
+    sys.exit(3)
+loader = MDSLoader(streams=[StreamSpec("web", sys.argv[1], setting="mosaic_dataloader.dataset.local")], seq_len=16,
+                   local_batch_size=4, dp_rank=0, dp_world_size=1, workers=workers)
+it = iter(loader)
+print(f"read {len([next(it) for _ in range(3)])} batches")
+"""
+
+
+@pytest.mark.parametrize("length", [107, 108])
+def test_a_temporary_directory_too_long_for_the_workers_socket_is_refused(mds_dir, length):
+    """Reader workers hand batches over through a Unix socket at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX
+    (32 bytes more than TMPDIR). At 107 bytes they work; at 108 the worker's queue thread drops each batch
+    with "AF_UNIX path too long" and the trainer waits forever (the timeout here), unless refused first."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="sock")
+    try:
+        tmpdir = os.path.join(base, "d" * (length - 32 - len(base) - 1))
+        os.makedirs(tmpdir)
+        proc = subprocess.run([sys.executable, "-c", SOCKET_PROBE, str(mds_dir)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "TMPDIR": tmpdir})
+    finally:
+        shutil.rmtree(base)
+    if length == 107:
+        assert proc.returncode == 0 and "read 3 batches" in proc.stdout, proc.stderr[-3000:]
+    else:
+        assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+        assert proc.stdout.startswith("mosaic_dataloader.num_workers = 2: reader workers pass batches through a Unix "
+                                      f"socket under the temporary directory '{tmpdir}' (TMPDIR), and its path would "
+                                      "be 108 bytes, more than Linux allows (107)"), proc.stdout

@@ -26,7 +26,9 @@ class MosaicDataset:
     an epoch has exactly the weighted count from each stream (streaming's ``Stream`` semantics).
     ``remote`` (e.g. ``"s3://bucket/prefix"``, endpoint from the ``S3_ENDPOINT_URL`` environment
     variable) makes ``local`` a download cache: index.json when the loader is built, shards on first
-    use, hash-checked. streaming's other ``Stream`` fields: ``split`` (a subdirectory of local and
+    use, hash-checked. ``~`` and ``$VAR``/``${VAR}`` in a ``local`` path are expanded in each training
+    process (``local = "${SLURM_TMPDIR}/mds/web"``: one cache per node on its own disk); an unset variable
+    is a ConfigError. streaming's other ``Stream`` fields: ``split`` (a subdirectory of local and
     remote), ``download_retry``, ``download_timeout``, ``validate_hash``, ``keep_zip``. ``validate_hash =
     "xxh64"`` checks every shard file against index.json on its first use in each process, local ones
     too (streaming checks only downloads); without it a changed byte is caught only when it breaks a

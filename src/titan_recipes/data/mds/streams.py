@@ -74,7 +74,7 @@ def stream_specs(dataset) -> list[StreamSpec]:
             f"mixture); got local = {dataset.local!r} and streams = {sorted(dataset.streams)}."
         )
     if dataset.local:
-        return [StreamSpec(name="default", local=dataset.local, setting=f"{prefix}.local")]
+        return [StreamSpec(name="default", local=expand_local(dataset.local, f"{prefix}.local"), setting=f"{prefix}.local")]
     return [
         parse_stream(name, fields, f"{prefix}.streams.{name}", STREAM_KEYS) for name, fields in dataset.streams.items()
     ]
@@ -137,6 +137,7 @@ def parse_stream(name: str, fields: Any, key: str, allowed: Sequence[str]) -> St
             f"`{key}.local` must be the path of an MDS directory (the download cache when "
             f"`{key}.remote` is set), got {local!r}."
         )
+    local = expand_local(local, f"{key}.local")
     for weight, types_ in (("proportion", (int, float)), ("repeat", (int, float)), ("choose", (int,))):
         value = fields.get(weight)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types_)):
@@ -170,6 +171,25 @@ def parse_stream(name: str, fields: Any, key: str, allowed: Sequence[str]) -> St
         download_retry=fields.get("download_retry"), download_timeout=fields.get("download_timeout"),
         validate_hash=validate_hash, keep_zip=fields.get("keep_zip"),
     )
+
+
+_ENV_VAR = re.compile(r"\$(?:\{([^}]*)\}|(\w+))")
+
+
+def expand_local(value: str, key: str) -> str:
+    """``~`` and ``$VAR`` / ``${VAR}`` in a ``local`` path, expanded in the training process.
+
+    On a cluster the download cache of a ``remote`` stream belongs on each node's own disk:
+    ``local = "${SLURM_TMPDIR}/mds/train"`` (or ``$TMPDIR``, ``$LOCAL_SCRATCH``) gives every node its own
+    copy, expanded where the trainer runs, while the TOML stays one file for the whole job. A variable that
+    is not set is an error, not an empty string: ``"${SLURM_TMPDIR}/mds"`` must not become ``"/mds"``."""
+    missing = sorted({braced or bare for braced, bare in _ENV_VAR.findall(value) if (braced or bare) not in os.environ})
+    if missing:
+        raise ConfigError(
+            f"`{key}` = {value!r} names environment variable(s) {missing} that are not set in the training "
+            f"process. Export them in the job (e.g. `export TMPDIR=/local/scratch`), or write the path out."
+        )
+    return os.path.expanduser(os.path.expandvars(value))
 
 
 def validation_stream_specs(job_config: Any) -> list[StreamSpec]:

@@ -22,7 +22,7 @@ from s3_server import moto_s3
 
 from titan_recipes.data.mds.config import MosaicDataloader, MosaicDataset
 from titan_recipes.data.registry import build_dataloader
-from titan_recipes.errors import DataError
+from titan_recipes.errors import ConfigError, DataError
 from titan_recipes.data.mds import STREAM_KEYS, MDSLoader, StreamSpec, write_mds
 
 
@@ -151,6 +151,24 @@ def test_remote_stream_from_the_config(s3, tmp_path):
     loader = build_dataloader(1, 0, None, config)
     assert loader.data_fingerprint == remote_loader(None, s3.local).data_fingerprint
     assert_same_batches(take(loader, 3), take(remote_loader(None, s3.local), 3))
+
+
+def test_a_node_local_cache_path_expands_in_the_training_process(s3, tmp_path, monkeypatch):
+    """``local = "${NODE_SCRATCH}/mds"``: each node of a job caches into its own disk, one TOML for all."""
+    monkeypatch.setenv("NODE_SCRATCH", str(tmp_path / "node0"))
+    monkeypatch.delenv("NOT_ON_THIS_NODE", raising=False)
+    def config(local):
+        dataset = MosaicDataset(streams={"web": {"remote": f"s3://{BUCKET}/plain", "local": local}})
+        return job_config(training={"dataset": "mds", "seq_len": 16, "local_batch_size": 8},
+                          model={"hf_assets_path": str(TOKENIZER_DIR)}, mosaic_dataloader=MosaicDataloader(dataset=dataset))
+    loader = build_dataloader(1, 0, None, config("${NODE_SCRATCH}/mds/web"))
+    assert_same_batches(take(loader, 2), take(remote_loader(None, s3.local), 2))
+    assert (tmp_path / "node0" / "mds" / "web" / "index.json").is_file()
+    with pytest.raises(ConfigError, match=re.escape("`mosaic_dataloader.dataset.streams.web.local` = "
+                                                    "'$NOT_ON_THIS_NODE/mds' names environment variable(s) "
+                                                    "['NOT_ON_THIS_NODE'] that are not set")):
+        build_dataloader(1, 0, None, config("$NOT_ON_THIS_NODE/mds"))
+    assert not Path("$NOT_ON_THIS_NODE").exists()  # nothing written at a half-expanded path
 
 
 def test_convert_script_writes_to_s3_and_a_collapsed_url_is_refused(s3, tmp_path, capsys):
