@@ -73,6 +73,21 @@ def _first_float(args: tuple, kwargs: dict | None = None) -> torch.Tensor | None
     return None
 
 
+def compiled_regions(root: nn.Module) -> list[str]:
+    """Name prefixes (``layers.0._orig_mod``) of the modules that run inside a ``torch.compile`` wrapper.
+
+    Dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``, on by
+    default), so a hook added inside a compiled region after its first compile never runs, and hooks present
+    at the first compile (a monitored step 1) are traced into the graph and cost recompiles. The
+    monitor therefore hooks only modules outside those regions: the wrapper itself (torchtitan's compiled
+    ``TransformerBlock``; its hooks run eagerly around the compiled call) and uncompiled modules. Neither
+    costs a recompile (``tests/unit/test_monitor_compile.py``)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return [f"{name}._orig_mod" if name else "_orig_mod"
+            for name, m in root.named_modules() if isinstance(m, OptimizedModule)]
+
+
 def _type_names(module: nn.Module) -> list[str]:
     return [f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__]
 
@@ -106,11 +121,18 @@ class ActivationMonitor:
                 f"(its module classes: {present}); fix the entries or remove them."
             )
         self._part_modules: dict[int, list[tuple[str, nn.Module]]] = {}  # id(part) -> its monitored modules
+        self.compiled_out: list[str] = []
+        """Modules inside torch.compile'd regions, not monitored (see :func:`compiled_regions`)."""
         seen: set[str] = set()
         for part in model_parts:
             chosen = self._part_modules.setdefault(id(part), [])
+            inside = compiled_regions(part)
             for name, m in part.named_modules():
                 cname = clean_name(name)
+                if any(name == r or name.startswith(r + ".") for r in inside):
+                    if cname not in seen:  # the wrapped block itself shares the wrapper's (monitored) name
+                        self.compiled_out.append(cname)
+                    continue
                 if cname in seen or any(s in t for s in ignore_module_types for t in _type_names(m)):
                     continue  # a wrapper and its wrapped module share a clean name: keep the outer one
                 seen.add(cname)
