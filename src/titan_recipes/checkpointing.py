@@ -24,6 +24,17 @@ arguments; :func:`install`), so torchtitan's train loop, saves and loads stay it
    (or ``"error"``).
 3. **No non-finite weights are saved** (:func:`titan_recipes.guard.assert_finite_weights`, before each
    save that torchtitan would write).
+4. **An asynchronous save is never lost or misattributed** (``checkpoint.async_mode = "async"``: DCP
+   copies the state into CPU memory, then writes it in a background thread over a gloo group of its own
+   while training goes on). torchtitan only waits for that write at the next save; its ``close()`` does
+   not wait at all, so a launch that ends right after an interval save (``launch.stop_at_step``, a
+   preemption at an interval step, an exception) destroys the process group while the write may still
+   use it (not observed with the debug model on CPU, whose write ends within ~0.1-2.5 s, before that;
+   a multi-GB checkpoint takes longer). Here every wait
+   (:meth:`RecipeCheckpointManager._async_wait`: the next save, the preemption stop, ``close()``) logs
+   when it has to block, and a failure of the background write is reported for the step that was being
+   written (guarantee 2), not for the step whose save happened to wait. Until DCP writes ``.metadata``,
+   last, a folder in flight is "incomplete" and a resume skips it (guarantee 1).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import errno
 import logging
 import os
 import shutil
+import sys
 from typing import Any
 
 from torch.distributed.checkpoint.api import CheckpointException
@@ -95,6 +107,8 @@ class RecipeCheckpointManager(CheckpointManager):
     """See the module docstring. ``trainer`` gives the weight check its model and config."""
 
     trainer: Any = None
+    async_step: int | None = None
+    """The step whose asynchronous save is in flight (written by a background thread), else None."""
 
     def load(self, step: int = -1) -> bool:
         if step == -1 and self.enable and os.path.isdir(self.folder):
@@ -146,9 +160,44 @@ class RecipeCheckpointManager(CheckpointManager):
             if not assert_finite_weights(self.trainer, curr_step):
                 return
         try:
-            super().save(curr_step, last_step)
+            super().save(curr_step, last_step)  # waits for the save in flight first (_async_wait)
+        except CheckpointSaveError:  # the previous asynchronous save failed; already reported for its step
+            raise
         except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
             raise self._save_failed(curr_step, exc) from exc
+        if self.save_future is not None:
+            self.async_step = curr_step
+
+    def _async_wait(self) -> None:
+        """Block until the asynchronous save in flight (if any) is written; a failure is raised as
+        :class:`CheckpointSaveError` for that save's step, with its partial folder removed."""
+        step, future = self.async_step, self.save_future
+        if future is not None and step is not None and not future.done():
+            logger.info("Waiting for the asynchronous save of checkpoint step %d to finish writing.", step)
+        try:
+            super()._async_wait()
+        except (Exception, CheckpointException) as exc:
+            self.save_future, self.async_step = None, None  # reported once, not again at close()
+            raise self._save_failed(step if step is not None else -1, exc) from exc
+        if self.save_future is None:
+            self.async_step = None
+
+    def close(self) -> None:
+        """torchtitan's close() after the asynchronous save in flight is written: the launch may end
+        between two saves (module docstring, guarantee 4). A failed save raises, unless the launch is
+        already ending on another exception: that one is what the launch reports (a full disk often shows
+        up first as ENOSPC from another writer, such as metrics.jsonl, while the background save fills
+        it), and raising here would skip the rest of Trainer.close() (summary.json); the failed save is
+        then logged with its step and its partial folder is removed all the same."""
+        ending_on_error = sys.exc_info()[1] is not None
+        try:
+            if getattr(self, "enable", False) and getattr(self, "save_future", None) is not None:
+                self._async_wait()
+        except CheckpointSaveError:
+            if not ending_on_error:
+                raise
+        finally:
+            super().close()
 
     def _save_failed(self, step: int, exc: BaseException) -> CheckpointSaveError:
         path = self._create_checkpoint_id(step)

@@ -106,7 +106,7 @@ class Preemption:
         else:
             regular = step % cfg.checkpoint.interval == 0 or (step == 1 and cfg.checkpoint.enable_first_step_checkpoint)
             if regular:  # the loop's save() just wrote (or, async, is writing) a full checkpoint here
-                ckpt._async_wait()  # the process exits next; CheckpointManager.close() does not wait
+                ckpt._async_wait()  # the process exits next: the checkpoint must be complete first
             else:
                 save_full_checkpoint(trainer, step)
             saved = step

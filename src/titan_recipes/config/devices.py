@@ -2,10 +2,14 @@
 
 torchtitan accepts these settings anywhere and fails deep inside a CPU run, after the model is built:
 torchao's float8 / MX training kernels (``model.converters``: H100-class GPUs), async tensor parallel
-(CUDA symmetric memory), and the CUDA memory snapshot. On a machine where
+(CUDA symmetric memory), the CUDA memory snapshot, and ``checkpoint.async_mode = "async_with_pinned_mem"``
+(its DCP stager copies with ``non_blocking=True`` into pinned memory; on CPU the first save fails with
+``AssertionError: Non-blocking copy requires that the current accelerator is available.``, after
+``checkpoint.interval`` steps of training). On a machine where
 :func:`titan_recipes.cpu.cuda_available` is false, :func:`validate_device_options` names each such
 setting and the fix before anything is built. Options that a CPU run can honour (``compile``,
-``mixed_precision_param``, ``pin_memory`` -- a no-op without CUDA --, async checkpointing) pass.
+``mixed_precision_param``, ``pin_memory`` -- a no-op without CUDA --, ``checkpoint.async_mode = "async"``)
+pass.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ def cuda_only_settings(config: Any) -> list[str]:
         found.append("parallelism.enable_async_tensor_parallel = true (CUDA symmetric memory)")
     if getattr(config.profiling, "enable_memory_snapshot", False):
         found.append("profiling.enable_memory_snapshot = true (torch.cuda.memory snapshots)")
+    ckpt = getattr(config, "checkpoint", None)
+    if getattr(ckpt, "enable", False) and str(getattr(ckpt, "async_mode", "")).lower() == "async_with_pinned_mem":
+        found.append('checkpoint.async_mode = "async_with_pinned_mem" (pinned host memory and non-blocking copies '
+                     'from an accelerator; on CPU use checkpoint.async_mode = "async", which writes in a background '
+                     'thread just the same)')
     return found
 
 

@@ -45,3 +45,15 @@ def test_options_a_cpu_run_honours_pass():
     validate_config(job_config(compile={"enable": True}, training={"mixed_precision_param": "bfloat16",
                                                                    "mixed_precision_reduce": "float32"},
                                checkpoint={"async_mode": "async"}, mosaic_dataloader={"pin_memory": True}))
+
+
+@needs_cpu_only
+def test_pinned_memory_async_checkpointing_is_refused_with_the_cpu_alternative():
+    """Without the check, the first interval save fails deep in DCP's stager ("AssertionError: Non-blocking
+    copy requires that the current accelerator is available.", seen on the debug recipe, torch 2.13 CPU)."""
+    config = job_config(checkpoint={"enable": True, "async_mode": "async_with_pinned_mem"})
+    with pytest.raises(ConfigError, match=r'checkpoint.async_mode = "async_with_pinned_mem" .*use checkpoint.async_mode '
+                                          r'= "async"'):
+        validate_config(config)
+    validate_device_options(config, cuda=True)
+    validate_config(job_config(checkpoint={"enable": False, "async_mode": "async_with_pinned_mem"}))  # never used
