@@ -8,6 +8,9 @@
     nox -s image       build the GPU image (Dockerfile + env/gpu.lock) with docker or podman
     nox -s enroot      import that image into a .sqsh file for pyxis/enroot
     nox -s gpu         train a recipe on this node's GPUs, check its fixture, print throughput/MFU
+    nox -s wheelhouse  download the cp312 wheels a GPU node lacks (env/wheelhouse.txt) into wheelhouse/ (<= 60 MiB)
+    nox -s gpu_check   on a GPU node: install wheelhouse/, recipes' fixtures + 1B tok/s, MFU, float8 (<= 6 min);
+                       `-- --dry-run` on a CPU machine checks everything but the GPU (~1 min)
 
 Timings are wall time on a 2-core machine once ``.venv`` exists; creating it first takes ~2 min
 (``pip install --no-deps -r env/cpu.lock``). The environment is rebuilt only when env/cpu.lock or
@@ -209,3 +212,26 @@ def gpu(session: nox.Session) -> None:
     image's /opt/venv/bin/python inside the image, else .venv (a CPU build: the session then says so)."""
     py = os.environ.get("PYTHON") or (str(IMAGE_PY) if IMAGE_PY.exists() else pinned_env(session))
     session.run(py, "-m", "titan_recipes.cli", "image", "gpu", *(session.posargs or ["recipes/debug"]), external=True)
+
+
+# The prepared check of a GPU node without internet (README, "On a cluster"): scripts/gpu_check.py does
+# the work; titan_recipes.gpu_check_plan/_steps/_report build its command lines and report.
+
+
+@nox.session
+def wheelhouse(session: nox.Session) -> None:
+    """Download into wheelhouse/ the cp312 manylinux wheels of env/wheelhouse.txt (what a GPU node's image
+    lacks), keeping those already there; needs a package index (a login node). Prints the size (<= 60 MiB)."""
+    session.run(sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "wheelhouse", *session.posargs, external=True)
+
+
+@nox.session
+def gpu_check(session: nox.Session) -> None:
+    """On a GPU node: install wheelhouse/ into a fresh --target directory, train every recipe's debug config
+    (fixture compared or recorded), the 1B at 4 x 4096 with compile on random tokens and MDS, float8;
+    writes runs/gpu_check-<time>/gpu_check.{json,png} and prints the table. Interpreter: $PYTHON, else
+    python3 (the node's, which holds CUDA torch). ``nox -s gpu_check -- --dry-run`` on a CPU machine
+    (.venv's python) checks the wheelhouse, installs and imports it, trains 2 CPU steps, prints the plan."""
+    dry = "--dry-run" in session.posargs
+    py = os.environ.get("PYTHON") or (pinned_env(session) if dry else "python3")
+    session.run(py, str(ROOT / "scripts" / "gpu_check.py"), *session.posargs, external=True)
