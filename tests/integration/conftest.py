@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,17 @@ def short_debug_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "debug-short"
     assert_ok(launch(DEBUG_RECIPE, 1, run_dir, *SHORT))
     return run_dir
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 100 MiB tmpfs: one full checkpoint of the debug model (~75 MiB) fits, a second does not."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

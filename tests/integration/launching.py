@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import filecmp
+import os
 import pickle
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,6 +25,47 @@ def launch(recipe: Path, nproc: int, run_dir: Path, *overrides: str, env: dict |
 
     _, proc = launch_recipe(recipe, nproc, list(overrides), run_dir, env=env)
     return proc
+
+
+def start_recipe(run_dir: Path, *overrides: str, nproc: int = 1, recipe: Path = DEBUG_RECIPE,
+                 env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    """run_train.sh in a new session (its own process group, as a Slurm job step or a terminal starts it),
+    not waited for; its output goes to ``<run_dir>.out`` beside the run directory. Returns both."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    out = run_dir.parent / f"{run_dir.name}.out"
+    full_env = {**os.environ, "NGPU": str(nproc), "RUN_DIR": str(run_dir), "PYTHON": sys.executable, **(env or {})}
+    with out.open("w") as f:
+        proc = subprocess.Popen([str(recipe / "run_train.sh"), *overrides], env=full_env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, out
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, log: Callable[[], str], timeout_s: float,
+                  poll_s: float = 0.1) -> None:
+    """Return once ``metrics`` (a run's metrics.jsonl) has logged ``step``; an AssertionError with the end of
+    ``log()`` if the launch ends first or ``timeout_s`` passes."""
+    from titan_recipes.records import read_metrics
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended (exit {proc.returncode}) before step {step}:\n{log()[-6000:]}")
+        if metrics.is_file() and any(r.get("step", 0) >= step for r in read_metrics(metrics)):
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"step {step} not logged within {timeout_s} s:\n{log()[-6000:]}")
+
+
+def finish(proc: subprocess.Popen, out: Path, timeout_s: float) -> str:
+    """Wait for a launch started in its own session; kill its process group on a timeout. Returns its output."""
+    import signal
+
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return out.read_text()
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:

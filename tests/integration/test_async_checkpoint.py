@@ -21,43 +21,20 @@ import os
 import pickle
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch, process_children, process_cmdline
+from launching import (
+    DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch, process_children, process_cmdline, start_recipe,
+    wait_for_step,
+)
 from titan_recipes import fixtures as fx
-from titan_recipes.records import read_metrics
 from titan_recipes.train import PREEMPTED_FILE
 
 STEPS, INTERVAL = 10, 4
 ASYNC = ("--checkpoint.async_mode", "async", "--training.steps", str(STEPS), "--checkpoint.interval", str(INTERVAL))
 TIMEOUT_S = 600  # generous: the CPUs of this machine are shared
-
-
-def _start(run_dir: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
-    """run_train.sh (1 process) in its own session, like a Slurm job step; output to a file."""
-    out = run_dir.parent / f"{run_dir.name}.out"
-    env = {**os.environ, "NGPU": "1", "RUN_DIR": str(run_dir), "PYTHON": sys.executable}
-    with out.open("w") as f:
-        proc = subprocess.Popen([str(DEBUG_RECIPE / "run_train.sh"), *overrides], env=env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, out
-
-
-def _wait_for_step(proc: subprocess.Popen, run_dir: Path, out: Path, step: int) -> None:
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended (exit {proc.returncode}) before step {step}:\n{out.read_text()[-4000:]}")
-        if metrics.is_file() and any(r.get("step", 0) >= step for r in read_metrics(metrics)):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"step {step} not logged within {TIMEOUT_S} s:\n{out.read_text()[-4000:]}")
 
 
 def _sigterm_job_step(shell_pid: int) -> None:
@@ -84,8 +61,8 @@ def test_preemption_during_an_async_save_loses_nothing_and_resume_is_exact(tmp_p
         assert {"optimizer", "lr_scheduler", "dataloader", "train_state", "tok_embeddings"} <= _sections(
             reference / "checkpoint" / f"step-{step}")
 
-    proc, out = _start(run_dir, *ASYNC)
-    _wait_for_step(proc, run_dir, out, INTERVAL * 2 - 1)
+    proc, out = start_recipe(run_dir, *ASYNC)
+    wait_for_step(proc, run_dir / "metrics.jsonl", INTERVAL * 2 - 1, out.read_text, TIMEOUT_S, poll_s=0.01)
     time.sleep(0.1)  # past step 7's stop check, into step 8: the stop comes right after step 8's save starts
     _sigterm_job_step(proc.pid)
     proc.wait(timeout=TIMEOUT_S)
@@ -117,29 +94,21 @@ def test_preemption_during_an_async_save_loses_nothing_and_resume_is_exact(tmp_p
     assert_same_checkpoint(run_dir / "checkpoint" / f"step-{STEPS}", reference / "checkpoint" / f"step-{STEPS}")
 
 
-def test_a_failed_async_save_is_reported_for_its_own_step(tmp_path):
+def test_a_failed_async_save_is_reported_for_its_own_step(small_fs):
     """A full disk while the background thread writes step 4 (a real 100 MiB tmpfs: one full checkpoint
     of ~75 MiB fits, a second does not). The loop only learns of it at the next wait (the final save of
     step 6, or close() when another writer failed first); the error names step 4, not the step that
     waited, its partial folder is removed, and step 2 stays the resume point
     (titan_recipes.checkpointing, guarantees 2 and 4)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        run_dir = mnt / "run"
-        proc = launch(DEBUG_RECIPE, 1, run_dir, "--checkpoint.async_mode", "async", "--training.steps", "6",
-                      "--checkpoint.interval", "2", "--training.local_batch_size", "2", "--training.seq_len", "128")
-        text = proc.stdout + proc.stderr
-        assert proc.returncode != 0
-        assert f"no space left on device while writing checkpoint step 4 to {run_dir / 'checkpoint' / 'step-4'}" in text, \
-            text[-4000:]
-        assert f"the previous checkpoint {run_dir / 'checkpoint' / 'step-2'} (step 2) is intact" in text
-        assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["step-2"]
-        # the run ends on the first error: the wait of step 6's save (disk_full) or, when the background
-        # write fills the disk first, ENOSPC from metrics.jsonl (error); the save failure is reported either way
-        assert json.loads((run_dir / "summary.json").read_text())["exit_reason"] in ("disk_full", "error")
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    run_dir = small_fs / "run"
+    proc = launch(DEBUG_RECIPE, 1, run_dir, "--checkpoint.async_mode", "async", "--training.steps", "6",
+                  "--checkpoint.interval", "2", "--training.local_batch_size", "2", "--training.seq_len", "128")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"no space left on device while writing checkpoint step 4 to {run_dir / 'checkpoint' / 'step-4'}" in text, \
+        text[-4000:]
+    assert f"the previous checkpoint {run_dir / 'checkpoint' / 'step-2'} (step 2) is intact" in text
+    assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["step-2"]
+    # the run ends on the first error: the wait of step 6's save (disk_full) or, when the background
+    # write fills the disk first, ENOSPC from metrics.jsonl (error); the save failure is reported either way
+    assert json.loads((run_dir / "summary.json").read_text())["exit_reason"] in ("disk_full", "error")

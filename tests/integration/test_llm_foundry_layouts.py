@@ -149,12 +149,12 @@ def test_text_layout_preempted_with_loader_workers_resumes_exactly(uninterrupted
     import re
     import signal
 
-    from launching import process_descendants, process_parents
-    from test_preemption_matrix import _logged, _start, _torchrun, _wait  # the matrix's own launch helpers
+    from launching import process_descendants, process_parents, start_recipe
+    from test_preemption_matrix import _logged, _torchrun, _wait  # the matrix's own launch helpers
 
     args = ["--training.steps", str(STEPS), "--checkpoint.interval", str(STOP)]
     run = tmp_path / "run"
-    proc, out = _start("debug", 1, run, [*args, "--mosaic_dataloader.num_workers", "2"], text_env)
+    proc, out = start_recipe(run, *args, "--mosaic_dataloader.num_workers", "2", env=text_env)
     torchrun = _torchrun(proc, 1, out)
     _wait(proc, out, lambda: _logged(run, 2), "step 2")
     for pid in [torchrun, *process_descendants(torchrun, process_parents())]:

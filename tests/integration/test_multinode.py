@@ -46,10 +46,12 @@ from pathlib import Path
 
 import pytest
 
-from launching import REPO, assert_ok, launch, process_children, process_cmdline, process_descendants, process_parents
+from launching import (
+    REPO, assert_ok, launch, process_children, process_cmdline, process_descendants, process_parents, wait_for_step,
+    finish,
+)
 from titan_recipes import fixtures as fx
 from titan_recipes.data.mixture.spawn import free_port
-from titan_recipes.records import read_metrics
 from titan_recipes.train import PREEMPTED_FILE
 
 SBATCH = REPO / "slurm" / "train.sbatch"
@@ -122,15 +124,6 @@ def _start(job: Path, config: Path, port: int, restart: int) -> tuple[subprocess
     return proc, out
 
 
-def _finish(proc: subprocess.Popen, out: Path) -> str:
-    try:
-        proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return out.read_text()
-
-
 def _kill_job(proc: subprocess.Popen | None) -> None:
     """After a failed assertion: nothing of the job may outlive the test (torchrun's workers and their
     readers are in their own process groups, so the batch shell's group is not enough)."""
@@ -173,18 +166,6 @@ def _trainers(job_pid: int) -> dict[int, dict]:
     raise AssertionError(f"no {NODES} torchrun agents with one trainer each under the job (pid {job_pid})")
 
 
-def _wait_for_step(proc: subprocess.Popen, job: Path, step: int) -> None:
-    metrics = job / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the job ended (exit {proc.returncode}) before step {step}:\n{_job_log(job, 0)[-6000:]}")
-        if metrics.is_file() and any(r.get("step", 0) >= step for r in read_metrics(metrics)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"step {step} not logged within {TIMEOUT_S} s:\n{_job_log(job, 0)[-6000:]}")
-
-
 def _preempt(job_pid: int) -> int:
     """SIGTERM to every process of the job, the batch shell included, as Slurm preempts; returns how many."""
     pids = [job_pid, *process_descendants(job_pid, process_parents())]
@@ -224,10 +205,10 @@ def _scenario(recipe: Path, job: Path, config: Path, reference_env: dict[str, st
 
     proc, out = _start(job, config, port, restart=0)
     launched.append(proc)
-    _wait_for_step(proc, job, SIGNAL_AFTER_STEP)
+    wait_for_step(proc, job / "run" / "metrics.jsonl", SIGNAL_AFTER_STEP, lambda: _job_log(job, 0), TIMEOUT_S)
     trainers = _trainers(proc.pid)
     signalled = _preempt(proc.pid)
-    text = _finish(proc, out)
+    text = finish(proc, out, TIMEOUT_S)
     log = _job_log(job, 0)
     assert proc.returncode == 143, f"the batch script should exit 143 after SIGTERM, got {proc.returncode}:\n{log[-6000:]}"
     assert "not requeueing from the script" in text and not (job / "requeued").exists()
@@ -255,7 +236,7 @@ def _scenario(recipe: Path, job: Path, config: Path, reference_env: dict[str, st
     # The requeued job: same job id and run directory; both nodes resume from the preemption checkpoint.
     proc, out = _start(job, config, port, restart=1)
     launched.append(proc)
-    text = _finish(proc, out)
+    text = finish(proc, out, TIMEOUT_S)
     log = _job_log(job, 1)
     assert proc.returncode == 0, f"the requeued job failed (exit {proc.returncode}):\n{log[-6000:]}"
     assert "srun exited with status 0" in text

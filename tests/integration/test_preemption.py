@@ -17,35 +17,22 @@ import os
 import pickle
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from launching import (
-    DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch, process_children, process_cmdline,
+    DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch, process_children, process_cmdline, start_recipe,
+    wait_for_step, finish,
 )
 from titan_recipes import fixtures as fx
-from titan_recipes.records import read_metrics
 from titan_recipes.train import PREEMPTED_FILE
 
 STEPS = 20
 INTERVAL = 10
 SIGNAL_AFTER_STEP = 4
 TIMEOUT_S = 600  # generous: the CPUs of this machine are shared
-
-
-def _start(run_dir: Path, nproc: int, *overrides: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
-    """run_train.sh in a new session (its own process group, like a Slurm job step); output to a file."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    out = run_dir.parent / f"{run_dir.name}.out"
-    full_env = {**os.environ, "NGPU": str(nproc), "RUN_DIR": str(run_dir), "PYTHON": sys.executable, **(env or {})}
-    with out.open("w") as f:
-        proc = subprocess.Popen([str(DEBUG_RECIPE / "run_train.sh"), *overrides], env=full_env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, out
 
 
 def _torchrun_and_workers(shell_pid: int, nproc: int) -> tuple[int, list[int]]:
@@ -58,27 +45,6 @@ def _torchrun_and_workers(shell_pid: int, nproc: int) -> tuple[int, list[int]]:
                 return torchrun[0], workers
         time.sleep(0.2)
     raise AssertionError(f"no torchrun with {nproc} worker(s) under pid {shell_pid}")
-
-
-def _wait_for_step(proc: subprocess.Popen, run_dir: Path, out: Path, step: int) -> None:
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended (exit {proc.returncode}) before step {step}:\n{out.read_text()[-4000:]}")
-        if metrics.is_file() and any(r.get("step", 0) >= step for r in read_metrics(metrics)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"step {step} not logged within {TIMEOUT_S} s:\n{out.read_text()[-4000:]}")
-
-
-def _finish(proc: subprocess.Popen, out: Path) -> str:
-    try:
-        proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return out.read_text()
 
 
 def _stopped_step(run_dir: Path, text: str, code: int = 143) -> int:
@@ -109,12 +75,12 @@ def test_sigterm_saves_and_relaunch_is_exact(tmp_path):
     entry = fx.get_entry(DEBUG_RECIPE, fx.current_key(1))
     run_dir, reference = tmp_path / "preempted", tmp_path / "uninterrupted"
 
-    proc, out = _start(run_dir, 1, *entry["overrides"])
-    _wait_for_step(proc, run_dir, out, SIGNAL_AFTER_STEP)
+    proc, out = start_recipe(run_dir, *entry["overrides"])
+    wait_for_step(proc, run_dir / "metrics.jsonl", SIGNAL_AFTER_STEP, out.read_text, TIMEOUT_S)
     torchrun, workers = _torchrun_and_workers(proc.pid, 1)
     for pid in (torchrun, *workers):
         os.kill(pid, signal.SIGTERM)
-    text = _finish(proc, out)
+    text = finish(proc, out, TIMEOUT_S)
     assert proc.returncode == 1, f"run_train.sh should return torchrun's status 1, got {proc.returncode}:\n{text[-4000:]}"
     assert "Received 15 death signal, shutting down workers" in text  # torchrun forwarded it too
     step = _stopped_step(run_dir, text)
@@ -146,13 +112,13 @@ def test_two_ranks_agree_on_the_stop_step(tmp_path):
     entry = fx.get_entry(DEBUG_RECIPE, key)
     run_dir = tmp_path / "preempted2"
 
-    proc, out = _start(run_dir, 2, *entry["overrides"])
-    _wait_for_step(proc, run_dir, out, SIGNAL_AFTER_STEP)
+    proc, out = start_recipe(run_dir, *entry["overrides"], nproc=2)
+    wait_for_step(proc, run_dir / "metrics.jsonl", SIGNAL_AFTER_STEP, out.read_text, TIMEOUT_S)
     _, workers = _torchrun_and_workers(proc.pid, 2)
     rank1 = [p for p in workers if "RANK=1" in Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace").split("\0")]
     assert len(rank1) == 1
     os.kill(rank1[0], signal.SIGUSR1)
-    text = _finish(proc, out)
+    text = finish(proc, out, TIMEOUT_S)
     assert proc.returncode == 1, f"run_train.sh should return torchrun's status 1, got {proc.returncode}:\n{text[-4000:]}"
     assert re.search(r"exitcode\s*:\s*143", text), text[-4000:]
     step = _stopped_step(run_dir, text)

@@ -34,14 +34,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from launching import (
-    REPO, assert_ok, launch, process_children, process_cmdline, process_descendants, process_parents,
+    REPO, assert_ok, launch, process_children, process_cmdline, process_descendants, process_parents, start_recipe,
 )
 from titan_recipes import fixtures as fx
 from titan_recipes.records import read_metrics
@@ -169,16 +168,6 @@ def reference(tmp_path_factory, data_env):
     return get
 
 
-def _start(recipe: str, nproc: int, run_dir: Path, args: list[str], env: dict | None) -> tuple[subprocess.Popen, Path]:
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    out = run_dir.parent / f"{run_dir.name}.out"
-    full_env = {**os.environ, "NGPU": str(nproc), "RUN_DIR": str(run_dir), "PYTHON": sys.executable, **(env or {})}
-    with out.open("w") as f:
-        proc = subprocess.Popen([str(REPO / "recipes" / recipe / "run_train.sh"), *args], env=full_env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, out
-
-
 def _wait(proc: subprocess.Popen, out: Path, ready, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
@@ -202,7 +191,7 @@ def preempt_and_resume(tmp_path: Path, reference, data_env, recipe: str, workers
     env = data_env.get(recipe)
     args = overrides(recipe, workers)
     run_dir = tmp_path / "run"
-    proc, out = _start(recipe, nproc, run_dir, args, env)
+    proc, out = start_recipe(run_dir, *args, nproc=nproc, recipe=REPO / "recipes" / recipe, env=env)
     torchrun = _torchrun(proc, nproc, out)  # found before the trigger, so the signal follows it closely
     if when == "step1":  # every rank has passed its first step boundary and reads step 1's batch
         logs = _trainer_logs(torchrun)  # read directly: torchrun's tee of them lags by seconds
@@ -290,7 +279,7 @@ def test_preempted_with_two_processes_resumes_with_one(recipe, tmp_path, data_en
     (it was refused with FingerprintMismatchError). tests/unit/data/test_mixture_elastic.py proves that
     no document is lost or repeated, 2 -> 1 and 1 -> 2; the other loaders' unit tests do the same."""
     env, args, run_dir = data_env.get(recipe), overrides(recipe, 0), tmp_path / "run"
-    proc, out = _start(recipe, 2, run_dir, args, env)
+    proc, out = start_recipe(run_dir, *args, nproc=2, recipe=REPO / "recipes" / recipe, env=env)
     torchrun = _torchrun(proc, 2, out)
     _wait(proc, out, lambda: _logged(run_dir, MID_STEP), f"step {MID_STEP}")
     for pid in [torchrun, *process_descendants(torchrun, process_parents())]:

@@ -21,14 +21,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch
+from launching import DEBUG_RECIPE, assert_ok, assert_same_checkpoint, launch, start_recipe, wait_for_step
 from titan_recipes import fixtures as fx
 from titan_recipes import rundir
 from titan_recipes.records import read_metrics
@@ -86,16 +85,6 @@ def test_divergence_stops_before_saving(tmp_path):
 # -- one writer per run directory; no orphan ------------------------------------------------------------
 
 
-def _start(run_dir: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
-    """run_train.sh in a new session (its own process group, as a terminal or a job step starts it)."""
-    out = run_dir.parent / f"{run_dir.name}.out"
-    env = {**os.environ, "NGPU": "1", "RUN_DIR": str(run_dir), "PYTHON": sys.executable}
-    with out.open("w") as f:
-        proc = subprocess.Popen([str(DEBUG_RECIPE / "run_train.sh"), *overrides], env=env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, out
-
-
 def _trainer_pid(run_dir: Path) -> int:
     """The titan_recipes.train worker training into ``run_dir`` (torchrun starts it in its own session)."""
     marker = f"RUN_DIR={run_dir}\0".encode()
@@ -120,24 +109,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for_step(proc: subprocess.Popen, run_dir: Path, out: Path, step: int) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended (exit {proc.returncode}) before step {step}:\n{out.read_text()[-4000:]}")
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.is_file() and any(r.get("step", 0) >= step for r in read_metrics(metrics)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"step {step} not logged within {TIMEOUT_S} s:\n{out.read_text()[-4000:]}")
-
-
 @pytest.mark.slow
 def test_one_writer_no_orphan_and_stale_lock_takeover(tmp_path):
     run_dir = tmp_path / "busy"
-    first, out = _start(run_dir, *SMALL, "--training.steps", "40")
+    first, out = start_recipe(run_dir, *SMALL, "--training.steps", "40")
     try:
-        _wait_for_step(first, run_dir, out, 3)  # step-2 is saved
+        wait_for_step(first, run_dir / "metrics.jsonl", 3, out.read_text, TIMEOUT_S)  # step-2 is saved
         trainer = _trainer_pid(run_dir)
 
         second = launch(DEBUG_RECIPE, 1, run_dir, *SMALL, "--training.steps", "4")
@@ -212,20 +189,6 @@ def test_extend_finished_run_from_last_full_checkpoint(tmp_path):
 
 
 # -- disk full ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A real 100 MiB tmpfs: one full checkpoint of the debug model (~75 MiB) fits, a second does not."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.slow

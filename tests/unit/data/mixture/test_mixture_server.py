@@ -24,7 +24,7 @@ from mixture_corpus import ARXIV, BOOK, C4, GITHUB, TOTALS, WIKI, registered_cor
 
 from titan_recipes import cli
 from titan_recipes.errors import ConfigError, DataError
-from titan_recipes.data.mixture.reader import IndexReader, open_index
+from titan_recipes.data.mixture.reader import IndexReader
 from titan_recipes.data.mixture import (
     ChunkPlanner, MetadataParser, SampleIndex, MixtureServer, Query, RemoteIndex, StaticMixture, open_index,
 )
