@@ -92,6 +92,12 @@ class RecipeTrainer(Trainer):
             return False
         stop = self.job_config.launch.stop_at_step
         if stop > 0 and self.step >= stop:
+            ckpt = self.checkpointer
+            if ckpt.enable and getattr(ckpt, "save_future", None) is not None:
+                # An asynchronous save of this step is being written. Wait here, not in close(): a failed
+                # write is then this launch's error, recorded in summary.json (torchtitan closes the
+                # metrics, which write it, only after the checkpointer's close() returns).
+                ckpt._async_wait()
             logger.info("launch.stop_at_step = %d reached; checkpoint saved, exiting this launch.", stop)
             return False
         return super().should_continue_training()

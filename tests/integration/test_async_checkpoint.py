@@ -112,3 +112,21 @@ def test_a_failed_async_save_is_reported_for_its_own_step(small_fs):
     # the run ends on the first error: the wait of step 6's save (disk_full) or, when the background
     # write fills the disk first, ENOSPC from metrics.jsonl (error); the save failure is reported either way
     assert json.loads((run_dir / "summary.json").read_text())["exit_reason"] in ("disk_full", "error")
+
+
+def test_a_launch_stopping_on_a_failed_async_save_still_writes_its_summary(small_fs):
+    """``launch.stop_at_step`` at an interval step ends the launch while that step's save is written in
+    the background. When the write fails (the 100 MiB tmpfs fills with step 4), the launch reports it as
+    its own error, and summary.json records ``disk_full``: before, the failure surfaced only in the
+    checkpointer's close(), which torchtitan runs before the metrics' close() that writes the summary."""
+    run_dir = small_fs / "run"
+    proc = launch(DEBUG_RECIPE, 1, run_dir, "--checkpoint.async_mode", "async", "--training.steps", "6",
+                  "--launch.stop_at_step", "4", "--checkpoint.interval", "2", "--training.local_batch_size", "2",
+                  "--training.seq_len", "128")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"no space left on device while writing checkpoint step 4 to {run_dir / 'checkpoint' / 'step-4'}" in text, \
+        text[-4000:]
+    assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["step-2"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "disk_full", summary
